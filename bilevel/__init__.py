@@ -1,0 +1,1 @@
+"""Hypergradients and stochastic bilevel solvers with automatic step sizes on both levels."""
