@@ -34,7 +34,7 @@ def squared_norm(tensors: Sequence[Tensor]) -> Tensor:
     """``sum_i ||t_i||^2`` over a list of tensors, with fused foreach norms, as a 0-d float64 tensor."""
     if not tensors:
         return torch.zeros((), dtype=torch.float64)
-    norms = torch._foreach_norm(tensors)
+    norms = torch._foreach_norm(list(tensors))
     device = norms[0].device
     stacked = torch.stack([n.to(device=device, dtype=torch.float64) for n in norms])
     return stacked.square().sum()
