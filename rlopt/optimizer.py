@@ -49,7 +49,8 @@ class StepSizeOptimizer(torch.optim.Optimizer):
     Attributes:
         stats: updated after every call to :meth:`step`: ``step_size`` (0 when no step was taken),
             ``backtracks``, ``loss``, ``grad_norm``, ``forward_calls`` (closure evaluations in this step),
-            ``accepted_loss`` (the loss at the accepted trial, NaN without a search), ``skipped`` (cumulative
+            ``accepted_loss`` (the loss at the accepted trial, NaN without a search), ``slope`` (``g^T d``,
+            the slope of the sufficient-decrease test; ``grad_norm**2`` for ``d = g``), ``skipped`` (cumulative
             non-finite steps), ``failures`` (cumulative searches without an accepted trial), ``steps``
             (cumulative steps taken, the envelope's ``k``).
         rule_state: the step-size rule's state (saved in ``state_dict`` under ``"rule_state"``).
@@ -75,6 +76,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             "grad_norm": math.nan,
             "forward_calls": 0,
             "accepted_loss": math.nan,
+            "slope": math.nan,
             "skipped": 0,
             "failures": 0,
             "steps": 0,
@@ -210,7 +212,8 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         scalars = torch.stack([loss_t.detach().to(grad_sq_t.device, torch.float64).reshape(()), grad_sq_t])
         loss_v, grad_sq = self._reduce(scalars).tolist()
         self.stats.update(loss=loss_v, grad_norm=math.sqrt(grad_sq) if grad_sq >= 0 else math.nan,
-                          forward_calls=int(closure is not None), backtracks=0, accepted_loss=math.nan)
+                          forward_calls=int(closure is not None), backtracks=0, accepted_loss=math.nan,
+                          slope=math.nan)
         if not (math.isfinite(loss_v) and math.isfinite(grad_sq) and math.isfinite(value or 0.0)):
             self.stats["skipped"] += 1
             self.stats["step_size"] = 0.0
@@ -246,6 +249,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         ds = self.direction.prepare(grads, states, hp, k + 1)
         slope = grad_sq if ds.slope is None else float(self._reduce(ds.slope.reshape(1))[0])
         info = StepInfo(loss=loss_v, grad_sq=grad_sq, slope=slope, step=k, value=value)
+        self.stats["slope"] = slope
         proposal = self.rule.propose(hp, self.rule_state, info)
         eta0 = proposal.step_size
         envelope = hp.get("envelope")
