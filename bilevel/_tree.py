@@ -36,9 +36,7 @@ def check_tree(tree: object, name: str) -> None:
             if not isinstance(key, str):
                 raise TypeError(f"{name} must have str keys, got key {key!r} of type {type(key).__name__}")
     else:
-        raise TypeError(
-            f"{name} must be a torch.Tensor or a dict[str, torch.Tensor], got {type(tree).__name__}"
-        )
+        raise TypeError(f"{name} must be a torch.Tensor or a dict[str, torch.Tensor], got {type(tree).__name__}")
     for key, value in items:
         label = f"{name}[{key!r}]" if key else name
         if not isinstance(value, Tensor):
@@ -86,8 +84,7 @@ def check_like(tree: object, like: Tree, name: str, like_name: str) -> None:
     assert isinstance(tree, (Tensor, dict))
     if not same_structure(tree, like):
         raise ValueError(
-            f"{name} must have the structure and shapes of {like_name}: got {describe(tree)}, "
-            f"expected {describe(like)}"
+            f"{name} must have the structure and shapes of {like_name}: got {describe(tree)}, expected {describe(like)}"
         )
 
 

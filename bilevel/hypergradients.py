@@ -221,9 +221,7 @@ def _call(fn: LossFn, x: Tree, y: Tree, what: str) -> Tensor:
         out = fn(x, y)
     except RuntimeError as err:
         # Shape mismatches between x, y and the data surface here; name the call that failed.
-        raise ValueError(
-            f"{what} failed on the given x {_tree.describe(x)} and y {_tree.describe(y)}: {err}"
-        ) from err
+        raise ValueError(f"{what} failed on the given x {_tree.describe(x)} and y {_tree.describe(y)}: {err}") from err
     return _check_loss(out, what)
 
 
@@ -443,9 +441,7 @@ class _TreeModule(nn.Module):
             self.register_parameter(f"p{i}", nn.Parameter(leaf.detach().clone()))
 
     def forward(self) -> Tree:
-        return _tree.rebuild(
-            self._like, [getattr(self, f"p{i}") for i in range(len(_tree.leaves(self._like)))]
-        )
+        return _tree.rebuild(self._like, [getattr(self, f"p{i}") for i in range(len(_tree.leaves(self._like)))])
 
 
 @register_hypergradient("higher", HigherConfig, "unrolled inner SGD through the optional `higher` package")
@@ -470,7 +466,5 @@ def _higher(upper: LossFn, lower: LossFn, x: Tree, y: Tree, config: HigherConfig
             diffopt.step(lower(x_req, fmodel()))
         loss = upper(x_req, fmodel())
         grads = torch.autograd.grad(loss, _tree.leaves(x_req), allow_unused=True)
-    values = [
-        torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, _tree.leaves(x_req), strict=True)
-    ]
+    values = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, _tree.leaves(x_req), strict=True)]
     return _tree.rebuild(x, values)

@@ -154,9 +154,7 @@ def neumann_series(matvec: MatVec, b: Tree, *, alpha: float, iterations: int) ->
     return SolveResult(_tree.scale(total, alpha), iterations, float("nan"), False)
 
 
-def richardson(
-    matvec: MatVec, b: Tree, x0: Tree | None = None, *, alpha: float, iterations: int
-) -> SolveResult:
+def richardson(matvec: MatVec, b: Tree, x0: Tree | None = None, *, alpha: float, iterations: int) -> SolveResult:
     """Run ``iterations`` steps of ``v ← v - α (H v - b)`` (gradient descent on ``½vᵀHv - bᵀv``).
 
     Warm-starting from the previous outer step's solution is AmIGO's amortization (Arbel & Mairal 2022).
