@@ -16,9 +16,13 @@ from bilevel.hypergradients import (
     hypergradient,
     register_hypergradient,
 )
+from bilevel.solver import ALGORITHMS, BilevelHistory, BilevelSolver
 
 __all__ = [
+    "ALGORITHMS",
     "HYPERGRADIENT_METHODS",
+    "BilevelHistory",
+    "BilevelSolver",
     "CGConfig",
     "ExactConfig",
     "HigherConfig",

@@ -61,7 +61,12 @@ class _ClassificationProblem(BilevelProblem):
             train, val, test = split_indices(len(features), sizes, gen)
             test_x, test_y = features[test], labels[test]
         else:
-            sizes = _split_sizes(len(features), n_train or 20000, n_val or 5000, 1)[:2]
+            sizes = [20000 if n_train is None else n_train, 5000 if n_val is None else n_val]
+            for size, name in zip(sizes, ("n_train", "n_val"), strict=True):
+                if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                    raise ValueError(f"Invalid {name}: {size!r}, expected a positive int")
+            if sum(sizes) > len(features):
+                raise ValueError(f"n_train + n_val = {sum(sizes)} exceeds the {len(features)} training samples")
             train, val = split_indices(len(features), sizes, gen)
             test_x = torch.as_tensor(data.test_features, dtype=dtype)
             test_y = torch.as_tensor(data.test_labels)

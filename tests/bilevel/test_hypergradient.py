@@ -48,8 +48,7 @@ def test_closed_form_matches_central_differences(ridge: Ridge) -> None:
     basis = torch.eye(ridge.n_features, dtype=F64) if ridge.per_feature else torch.ones(1, dtype=F64)
     fd = torch.tensor(
         [
-            (ridge.value(x + eps * e.reshape(x.shape)) - ridge.value(x - eps * e.reshape(x.shape)))
-            / (2 * eps)
+            (ridge.value(x + eps * e.reshape(x.shape)) - ridge.value(x - eps * e.reshape(x.shape))) / (2 * eps)
             for e in basis
         ],
         dtype=F64,
@@ -61,9 +60,7 @@ def test_neumann_error_decreases_with_iterations(ridge: Ridge) -> None:
     x = ridge_point(ridge)
     y, ref = ridge.solve_lower(x), ridge.closed_form_hypergradient(x)
     errors = [
-        rel_err(
-            hypergradient(ridge.upper_loss, ridge.lower_loss, x, y, "neumann", iterations=k, alpha=0.3), ref
-        )
+        rel_err(hypergradient(ridge.upper_loss, ridge.lower_loss, x, y, "neumann", iterations=k, alpha=0.3), ref)
         for k in (2, 8, 32, 128, 512)
     ]
     assert all(b < a for a, b in itertools.pairwise(errors)), errors
@@ -164,9 +161,7 @@ class MLPProblem:
         self.targets = torch.sin(2 * self.inputs[:, :1]) + 0.1 * torch.randn(40, 1, generator=gen, dtype=F64)
         self.val_inputs = torch.randn(30, 2, generator=gen, dtype=F64)
         self.val_targets = torch.sin(2 * self.val_inputs[:, :1])
-        self.y0 = {
-            k: 0.5 * torch.randn(v.shape, generator=gen, dtype=F64) for k, v in self.net.named_parameters()
-        }
+        self.y0 = {k: 0.5 * torch.randn(v.shape, generator=gen, dtype=F64) for k, v in self.net.named_parameters()}
 
     def predict(self, y: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
         return functional_call(self.net, y, (inputs,))
@@ -179,13 +174,9 @@ class MLPProblem:
         return fit + 0.5 * reg
 
     def upper(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
-        return ((self.predict(y, self.val_inputs) - self.val_targets) ** 2).mean() + 0.01 * (
-            x["log_decay"] ** 2
-        ).sum()
+        return ((self.predict(y, self.val_inputs) - self.val_targets) ** 2).mean() + 0.01 * (x["log_decay"] ** 2).sum()
 
-    def solve(
-        self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None = None
-    ) -> dict[str, torch.Tensor]:
+    def solve(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """L-BFGS (cold start only) then Newton to machine precision (13 parameters: dense is cheap)."""
 
         def g(v: torch.Tensor) -> torch.Tensor:
@@ -353,9 +344,7 @@ def test_non_finite_values() -> None:
         hypergradient(lambda x, y: (y**2).sum() / 0.0, quad_lower, X, Y)
     # A diverging unrolled inner loop (lr far above 2/L) is reported, not returned.
     with pytest.raises(NonFiniteError, match="diverged"):
-        hypergradient(
-            quad_upper, lambda x, y: 1e3 * (y**2).sum() - (x * y).sum(), X, Y, "itd", steps=200, lr=1.0
-        )
+        hypergradient(quad_upper, lambda x, y: 1e3 * (y**2).sum() - (x * y).sum(), X, Y, "itd", steps=200, lr=1.0)
 
 
 def test_higher_missing_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -366,9 +355,7 @@ def test_higher_missing_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
         hypergradient(quad_upper, quad_lower, X, Y, "higher", steps=2)
 
 
-@pytest.mark.parametrize(
-    "name", ["bilevel.hypergradients", "bilevel.linear_solvers", "bilevel.problems.ridge"]
-)
+@pytest.mark.parametrize("name", ["bilevel.hypergradients", "bilevel.linear_solvers", "bilevel.problems.ridge"])
 def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0

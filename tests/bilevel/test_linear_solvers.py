@@ -49,9 +49,7 @@ def test_neumann_error_is_geometric() -> None:
     for k in (0, 3, 10):
         v = neumann_series(lambda u: A @ u, b, alpha=alpha, iterations=k).solution
         # Exact error: (I - αA)^{k+1} A⁻¹ b.
-        expected = torch.linalg.matrix_power(torch.eye(3, dtype=F64) - alpha * A, k + 1) @ torch.linalg.solve(
-            A, b
-        )
+        expected = torch.linalg.matrix_power(torch.eye(3, dtype=F64) - alpha * A, k + 1) @ torch.linalg.solve(A, b)
         torch.testing.assert_close(torch.linalg.solve(A, b) - v, expected)
 
 

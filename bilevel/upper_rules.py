@@ -1,0 +1,180 @@
+"""Step-size rules for the upper level of BiSLS/BiSPS: a search along a hypergradient estimate ``d``.
+
+The upper objective ``F(x) = f(x, y*(x))`` cannot be evaluated exactly at trial points (that would need
+``y*`` at each), so the rules work on a *line model* ``φ(α) ≈ F(x - α d)`` given by the caller (see
+:class:`bilevel.BilevelSolver` for the models used: ``y`` held fixed, or ``y`` moved along its first-order
+response). Both rules bound the step by a non-increasing envelope ``u_k`` (Fan et al., NeurIPS 2023).
+
+- :class:`ArmijoSearch` (upper level of BiSLS): backtrack ``α ← β α`` from
+  ``α_0 = min(u_k, α_{k-1} γ^{1/n})`` until
+
+      φ(α) <= φ(0) - c α ‖d‖² + δ,     δ = safeguard · |φ(0)|,
+
+  the Armijo condition along ``-d`` with a slack ``δ`` for the error of ``d`` and of the lower solution.
+  ``α_0`` is the bound's reset: the previous accepted step grown by ``γ^{1/n}``, so the start of the search
+  can grow back towards the envelope instead of only decaying. If ``max_backtracks`` trials fail, no step is
+  taken (``α = 0``, counted in ``failures``) and ``α_{k-1}`` is kept.
+- :class:`PolyakStep` (upper level of BiSPS): ``α = min((φ(0) - f*) / (c ‖d‖²), u_k)`` (SPS_max with the
+  envelope as cap; no trial evaluations).
+
+The paper body of Fan et al. could not be read; the slack's form (relative to ``|φ(0)|``), its default, and
+the line models are our choices, documented here and in the solver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rlopt.envelope import Envelope, InvSqrt
+
+
+@dataclass
+class UpperStep:
+    """What an upper rule decided at one outer step.
+
+    Attributes:
+        step_size: accepted ``α`` (0 when the search failed or the step was skipped).
+        backtracks: trials rejected.
+        trial_loss: ``φ(α)`` at the accepted step (``φ(0)`` for Polyak; nan when not evaluated).
+        reference_loss: ``φ(0)``.
+        slope: ``‖d‖²``.
+        envelope: ``u_k``.
+        slack: the allowance ``δ`` used in the test (0 for Polyak).
+        accepted: whether a step was taken.
+    """
+
+    step_size: float
+    backtracks: int
+    trial_loss: float
+    reference_loss: float
+    slope: float
+    envelope: float
+    slack: float
+    accepted: bool
+
+
+def _positive(value: float, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"Invalid {name}: {value!r}, expected a float > 0")
+
+
+def _open_unit(value: float, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"Invalid {name}: {value!r}, expected 0 < {name} < 1")
+
+
+class ArmijoSearch:
+    """Upper-level Armijo search under an envelope with the bound's reset (BiSLS; see module docstring).
+
+    Args:
+        lr_b: envelope scale, ``u_k = lr_b / sqrt(k + 1)`` (ignored when ``envelope`` is given); also the
+            first trial ``α_{-1}``.
+        c: sufficient-decrease constant, ``0 < c < 1``.
+        beta: backtracking factor, ``0 < beta < 1``.
+        gamma: growth of the reset per ``n`` steps, ``>= 1``.
+        n: steps over which the start may grow by ``gamma``.
+        safeguard: slack relative to ``|φ(0)|`` (``>= 0``).
+        max_backtracks: trials before giving up.
+        envelope: any non-increasing ``k -> u_k``.
+
+    Example:
+        >>> search = ArmijoSearch(lr_b=4.0)
+        >>> # F(x) = x² at x = 1: d = 2, φ(α) = F(1 - 2α), ‖d‖² = 4
+        >>> step = search.step(lambda a: (1.0 - 2.0 * a) ** 2, slope=4.0)
+        >>> 0 < step.step_size <= 4.0 and step.trial_loss <= 1.0 - 0.1 * step.step_size * 4.0 + step.slack
+        True
+    """
+
+    def __init__(
+        self,
+        lr_b: float = 1e3,
+        *,
+        c: float = 0.1,
+        beta: float = 0.5,
+        gamma: float = 2.0,
+        n: int = 10,
+        safeguard: float = 1e-4,
+        max_backtracks: int = 60,
+        envelope: Envelope | Callable[[int], float] | None = None,
+    ) -> None:
+        _positive(lr_b, "lr_b")
+        _open_unit(c, "c")
+        _open_unit(beta, "beta")
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 1:
+            raise ValueError(f"Invalid gamma: {gamma!r}, expected a float >= 1")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"Invalid n: {n!r}, expected an int >= 1")
+        if isinstance(safeguard, bool) or not isinstance(safeguard, (int, float)) or safeguard < 0:
+            raise ValueError(f"Invalid safeguard: {safeguard!r}, expected a float >= 0")
+        if isinstance(max_backtracks, bool) or not isinstance(max_backtracks, int) or max_backtracks < 0:
+            raise ValueError(f"Invalid max_backtracks: {max_backtracks!r}, expected an int >= 0")
+        if envelope is not None and not callable(envelope):
+            raise ValueError(f"Invalid envelope: {envelope!r}, expected a callable k -> float")
+        self.envelope = envelope if envelope is not None else InvSqrt(lr_b)
+        self.c, self.beta, self.gamma, self.n = float(c), float(beta), float(gamma), n
+        self.safeguard, self.max_backtracks = float(safeguard), max_backtracks
+        self.previous = float(lr_b)
+        self.k = 0
+        self.failures = 0
+
+    def step(self, phi: Callable[[float], float], slope: float, phi0: float | None = None) -> UpperStep:
+        """Search along ``-d``: ``phi(α)`` is the line model, ``slope = ‖d‖²``, ``phi0 = phi(0)`` if known."""
+        reference = phi(0.0) if phi0 is None else phi0
+        bound = float(self.envelope(self.k))
+        self.k += 1
+        slack = self.safeguard * abs(reference)
+        alpha = min(bound, self.previous * self.gamma ** (1.0 / self.n))
+        for backtracks in range(self.max_backtracks + 1):
+            trial = phi(alpha)
+            if trial <= reference - self.c * alpha * slope + slack:
+                self.previous = alpha
+                return UpperStep(alpha, backtracks, trial, reference, slope, bound, slack, True)
+            alpha *= self.beta
+        self.failures += 1
+        return UpperStep(0.0, self.max_backtracks + 1, reference, reference, slope, bound, slack, False)
+
+
+class PolyakStep:
+    """Upper-level Polyak step under an envelope (BiSPS): ``α = min((φ(0) - f*) / (c ‖d‖²), u_k)``.
+
+    Args:
+        lr_b: envelope scale, ``u_k = lr_b / sqrt(k + 1)`` (ignored when ``envelope`` is given).
+        c: Polyak constant (0.5 in SPS_max).
+        f_star: lower bound of the upper loss (0 for non-negative losses).
+        envelope: any non-increasing ``k -> u_k``.
+
+    Example:
+        >>> PolyakStep(lr_b=10.0, c=0.5).step(lambda a: 0.0, slope=4.0, phi0=1.0).step_size
+        0.5
+    """
+
+    def __init__(
+        self,
+        lr_b: float = 1e3,
+        *,
+        c: float = 0.5,
+        f_star: float = 0.0,
+        envelope: Envelope | Callable[[int], float] | None = None,
+    ) -> None:
+        _positive(lr_b, "lr_b")
+        _positive(c, "c")
+        if isinstance(f_star, bool) or not isinstance(f_star, (int, float)):
+            raise ValueError(f"Invalid f_star: {f_star!r}, expected a float")
+        if envelope is not None and not callable(envelope):
+            raise ValueError(f"Invalid envelope: {envelope!r}, expected a callable k -> float")
+        self.envelope = envelope if envelope is not None else InvSqrt(lr_b)
+        self.c, self.f_star = float(c), float(f_star)
+        self.k = 0
+        self.failures = 0
+
+    def step(self, phi: Callable[[float], float], slope: float, phi0: float | None = None) -> UpperStep:
+        """The capped Polyak step; ``phi`` is only called for ``phi(0)`` when ``phi0`` is not given."""
+        reference = phi(0.0) if phi0 is None else phi0
+        bound = float(self.envelope(self.k))
+        self.k += 1
+        gap = reference - self.f_star
+        if not slope > 0 or not gap > 0:
+            return UpperStep(0.0, 0, reference, reference, slope, bound, 0.0, False)
+        alpha = min(gap / (self.c * slope), bound)
+        return UpperStep(alpha, 0, float("nan"), reference, slope, bound, 0.0, True)
