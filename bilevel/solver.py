@@ -28,6 +28,8 @@ Step sizes per level (``upper=`` / ``lower=``):
   the reset rule, capped by ``u_k = lr_b / sqrt(k + 1)``, ``k`` counting lower steps over the whole run);
   upper level :class:`bilevel.upper_rules.ArmijoSearch` (``upper_lr`` is its ``lr_b``).
 - ``"bisps"``: lower ``rlopt.SPS`` with the envelope (SPSB), upper :class:`bilevel.upper_rules.PolyakStep`.
+- ``"bisls-adam"``, ``"bisps-adam"``: the Adam versions: lower rule with ``precondition="adam"``, upper rule
+  along Adam's direction (``precondition="adam"`` of the upper rules).
 - any name of ``rlopt.OPTIMIZERS`` or a ``torch.optim.Optimizer`` class / factory ``params -> optimizer``
   (options through ``upper_options`` / ``lower_options``).
 
@@ -76,7 +78,7 @@ from bilevel.problems.base import BilevelProblem
 from bilevel.upper_rules import ArmijoSearch, PolyakStep, UpperStep
 
 ALGORITHMS = ("stocbio", "amigo", "soba", "double_loop")
-RULES = ("sgd", "adam", "bisls", "bisps")
+RULES = ("sgd", "adam", "bisls", "bisps", "bisls-adam", "bisps-adam")
 RESPONSES = ("linear", "fixed")
 
 DEFAULT_LR = {
@@ -85,6 +87,9 @@ DEFAULT_LR = {
     "adam": (0.01, 0.01),
     "bisls": (1e3, 10.0),
     "bisps": (1e3, 10.0),
+    # Adam's steps are per coordinate: envelopes on the scale of Adam learning rates.
+    "bisls-adam": (0.3, 0.1),
+    "bisps-adam": (0.3, 0.1),
 }
 
 RuleSpec = str | type | Callable[..., torch.optim.Optimizer]
@@ -246,7 +251,9 @@ class BilevelSolver:
             if spec == "adam":
                 return torch.optim.Adam(params, lr=lr, **options)
             envelope = rlopt.envelope.InvSqrt(lr)
-            if spec == "bisls":
+            if spec.endswith("-adam"):
+                options.setdefault("precondition", "adam")
+            if spec.startswith("bisls"):
                 batch = self.problem.lower_batch_size or self.problem.n_lower
                 options.setdefault("n_batches_per_epoch", max(1, math.ceil(self.problem.n_lower / batch)))
                 return rlopt.SLS(params, lr=lr, envelope=envelope, **options)
@@ -260,9 +267,12 @@ class BilevelSolver:
 
     def _build_upper(self) -> None:
         spec, options = self.upper_spec, dict(self.upper_options)
-        if spec in ("bisls", "bisps"):
+        if isinstance(spec, str) and spec.startswith(("bisls", "bisps")):
             lr_b = DEFAULT_LR[spec][0] if self.upper_lr is None else self.upper_lr
-            self.upper_rule = ArmijoSearch(lr_b, **options) if spec == "bisls" else PolyakStep(lr_b, **options)
+            if spec.endswith("-adam"):
+                options.setdefault("precondition", "adam")
+            rule = ArmijoSearch if spec.startswith("bisls") else PolyakStep
+            self.upper_rule = rule(lr_b, **options)
             return
         params = _tree.leaves(self.x)
         if spec in ("sgd", "adam"):
@@ -382,23 +392,24 @@ class BilevelSolver:
         x0 = _tree.tree_map(lambda t: t.detach().clone(), self.x)
         y0 = _tree.tree_map(lambda t: t.detach().clone(), self.y)
         phi0 = self._upper_value(x0, y0, upper_batch)
-        slope = float(_tree.dot(d, d))
         if self.upper_rule is not None:
+            p = self.upper_rule.direction(d)  # d itself, or Adam's direction for the -adam versions
+            slope = float(_tree.dot(d, p))
             r = (
-                self._response(system, d)
+                self._response(system, p)
                 if self.response == "linear" and isinstance(self.upper_rule, ArmijoSearch)
                 else None
             )
 
             def phi(alpha: float) -> float:
-                x_t = _tree.add(x0, d, -alpha)
+                x_t = _tree.add(x0, p, -alpha)
                 y_t = y0 if r is None else _tree.add(y0, r, alpha)
                 value = self._upper_value(x_t, y_t, upper_batch)
                 return value if math.isfinite(value) else math.inf
 
             step = self.upper_rule.step(phi, slope, phi0)
             with torch.no_grad():
-                for leaf, g in zip(_tree.leaves(self.x), _tree.leaves(d), strict=True):
+                for leaf, g in zip(_tree.leaves(self.x), _tree.leaves(p), strict=True):
                     leaf.sub_(step.step_size * g)
             return step
         assert self.upper_opt is not None

@@ -17,6 +17,9 @@ response). Both rules bound the step by a non-increasing envelope ``u_k`` (Fan e
 - :class:`PolyakStep` (upper level of BiSPS): ``α = min((φ(0) - f*) / (c ‖d‖²), u_k)`` (SPS_max with the
   envelope as cap; no trial evaluations).
 
+With ``precondition="adam"`` (the Adam versions) both rules move along Adam's direction ``p`` built from the
+successive ``d`` (:class:`AdamDirection`) and use ``d·p`` in place of ``‖d‖²``.
+
 The paper body of Fan et al. could not be read; the slack's form (relative to ``|φ(0)|``), its default, and
 the line models are our choices, documented here and in the solver.
 """
@@ -26,7 +29,38 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
+from bilevel import _tree
+from bilevel._tree import Tree
 from rlopt.envelope import Envelope, InvSqrt
+
+PRECONDITIONERS = (None, "adam")
+
+
+class AdamDirection:
+    """Adam's preconditioned direction ``p = m̂ / (sqrt(v̂) + eps)`` from successive hypergradients ``d``.
+
+    The moments are updated once per outer step (before the search) and frozen during its trials, as in the
+    Adam versions of SLS (Vaswani et al., arXiv 2006.06835). ``d·p > 0`` always holds for the first step;
+    later a momentum direction can fail to be a descent direction, and the search then takes no step.
+    """
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.m: Tree | None = None
+        self.v: Tree | None = None
+        self.t = 0
+
+    def __call__(self, d: Tree) -> Tree:
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        if self.m is None or self.v is None:
+            self.m, self.v = _tree.zeros_like(d), _tree.zeros_like(d)
+        self.m = _tree.tree_map(lambda m, g: b1 * m + (1 - b1) * g, self.m, d)
+        self.v = _tree.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, self.v, d)
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
+        return _tree.tree_map(lambda m, v: (m / c1) / (torch.sqrt(v / c2) + self.eps), self.m, self.v)
 
 
 @dataclass
@@ -38,7 +72,7 @@ class UpperStep:
         backtracks: trials rejected.
         trial_loss: ``φ(α)`` at the accepted step (``φ(0)`` for Polyak; nan when not evaluated).
         reference_loss: ``φ(0)``.
-        slope: ``‖d‖²``.
+        slope: ``d·p`` for the search direction ``p`` (``‖d‖²`` without preconditioning).
         envelope: ``u_k``.
         slack: the allowance ``δ`` used in the test (0 for Polyak).
         accepted: whether a step was taken.
@@ -52,6 +86,15 @@ class UpperStep:
     envelope: float
     slack: float
     accepted: bool
+
+
+def _identity(d: Tree) -> Tree:
+    return d
+
+
+def _check_precondition(value: object) -> None:
+    if value not in PRECONDITIONERS:
+        raise ValueError(f"Invalid precondition: {value!r}, expected one of {list(PRECONDITIONERS)}")
 
 
 def _positive(value: float, name: str) -> None:
@@ -77,6 +120,7 @@ class ArmijoSearch:
         safeguard: slack relative to ``|φ(0)|`` (``>= 0``).
         max_backtracks: trials before giving up.
         envelope: any non-increasing ``k -> u_k``.
+        precondition: ``None`` (search along ``d``) or ``"adam"`` (along Adam's ``p``; BiSLS-Adam).
 
     Example:
         >>> search = ArmijoSearch(lr_b=4.0)
@@ -97,8 +141,10 @@ class ArmijoSearch:
         safeguard: float = 1e-4,
         max_backtracks: int = 60,
         envelope: Envelope | Callable[[int], float] | None = None,
+        precondition: str | None = None,
     ) -> None:
         _positive(lr_b, "lr_b")
+        _check_precondition(precondition)
         _open_unit(c, "c")
         _open_unit(beta, "beta")
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 1:
@@ -114,6 +160,7 @@ class ArmijoSearch:
         self.envelope = envelope if envelope is not None else InvSqrt(lr_b)
         self.c, self.beta, self.gamma, self.n = float(c), float(beta), float(gamma), n
         self.safeguard, self.max_backtracks = float(safeguard), max_backtracks
+        self.direction: Callable[[Tree], Tree] = AdamDirection() if precondition == "adam" else _identity
         self.previous = float(lr_b)
         self.k = 0
         self.failures = 0
@@ -143,6 +190,7 @@ class PolyakStep:
         c: Polyak constant (0.5 in SPS_max).
         f_star: lower bound of the upper loss (0 for non-negative losses).
         envelope: any non-increasing ``k -> u_k``.
+        precondition: ``None`` or ``"adam"`` (step along Adam's ``p`` with ``d·p`` in the denominator).
 
     Example:
         >>> PolyakStep(lr_b=10.0, c=0.5).step(lambda a: 0.0, slope=4.0, phi0=1.0).step_size
@@ -156,8 +204,10 @@ class PolyakStep:
         c: float = 0.5,
         f_star: float = 0.0,
         envelope: Envelope | Callable[[int], float] | None = None,
+        precondition: str | None = None,
     ) -> None:
         _positive(lr_b, "lr_b")
+        _check_precondition(precondition)
         _positive(c, "c")
         if isinstance(f_star, bool) or not isinstance(f_star, (int, float)):
             raise ValueError(f"Invalid f_star: {f_star!r}, expected a float")
@@ -165,6 +215,7 @@ class PolyakStep:
             raise ValueError(f"Invalid envelope: {envelope!r}, expected a callable k -> float")
         self.envelope = envelope if envelope is not None else InvSqrt(lr_b)
         self.c, self.f_star = float(c), float(f_star)
+        self.direction: Callable[[Tree], Tree] = AdamDirection() if precondition == "adam" else _identity
         self.k = 0
         self.failures = 0
 

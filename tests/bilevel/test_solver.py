@@ -56,9 +56,12 @@ def test_bisls_converges_on_ridge(ridge: Ridge, algorithm: str, steps: int, max_
     assert history.final["upper_skipped"] == 0 and history.final["lower_skipped"] == 0
 
 
-@pytest.mark.parametrize("rules", [("sgd", "sgd"), ("adam", "adam"), ("bisps", "bisps")])
+@pytest.mark.parametrize(
+    "rules",
+    [("sgd", "sgd"), ("adam", "adam"), ("bisps", "bisps"), ("bisls-adam", "bisls-adam"), ("bisps-adam", "bisps-adam")],
+)
 def test_other_rules_decrease_ridge_objective(ridge: Ridge, rules: tuple[str, str]) -> None:
-    lrs = {"sgd": (50.0, 0.2), "adam": (0.1, 0.05), "bisps": (None, None)}[rules[0]]
+    lrs = {"sgd": (50.0, 0.2), "adam": (0.1, 0.05)}.get(rules[0], (None, None))
     solver = BilevelSolver(ridge, "stocbio", *rules, upper_lr=lrs[0], lower_lr=lrs[1], seed=0)
     history = solver.run(25, eval_every=25)
     assert history.final["value"] < ridge.value(ridge.initial_x()) - 0.2 * (
@@ -221,6 +224,17 @@ def test_armijo_search_condition_reset_and_failure() -> None:
     failed = ArmijoSearch(lr_b=1.0, max_backtracks=5, safeguard=0.0)
     out = failed.step(lambda a: 1.0 + a, slope=1.0)
     assert not out.accepted and out.step_size == 0.0 and failed.failures == 1 and failed.previous == 1.0
+
+
+def test_adam_direction_search_condition() -> None:
+    search = ArmijoSearch(lr_b=1.0, precondition="adam", safeguard=0.0)
+    d = torch.tensor([2.0, -0.5], dtype=F64)
+    p = search.direction(d)
+    torch.testing.assert_close(p, torch.sign(d), rtol=1e-6, atol=1e-6)  # first Adam step: d / |d|
+    x0 = torch.tensor([1.0, -0.25], dtype=F64)  # F(x) = ‖x‖², ∇F = d
+    slope = float(d @ p)
+    step = search.step(lambda a: float(((x0 - a * p) ** 2).sum()), slope)
+    assert step.accepted and step.trial_loss <= step.reference_loss - 0.1 * step.step_size * slope
 
 
 def test_armijo_search_envelope_bounds_the_start() -> None:

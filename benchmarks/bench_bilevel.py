@@ -1,0 +1,262 @@
+"""Bilevel benchmarks: BiSLS/BiSPS at defaults against grid-tuned SGD/Adam, and hypergradient cost.
+
+Part ``grid`` (the benchopt protocol, on scikit-learn's digits, so it runs offline): data hyper-cleaning with
+label corruption ``p``, stocBiO with minibatches; BiSLS and BiSPS at their defaults against SGD and Adam
+bilevel at every point of a 5 x 5 grid of (upper, lower) learning rates. Reports the final test accuracy
+(median and 20-80 % band over seeds) and wall time, the best grid point, and the defaults' compute as a
+fraction of the whole grid's.
+
+Part ``hypergrad``: the cost of one hypergradient on the same problem (full batch) for unrolled
+differentiation (ours with torch.func against ``higher``) as ``T`` grows, and for implicit differentiation by
+conjugate gradients (ours against TorchOpt's ``custom_root`` with ``solve_cg``), at the same iteration
+counts. Each configuration runs in a fresh subprocess that reports time per call (median of repeats) and the
+peak memory allocated by one call (from ``torch.profiler``'s CPU allocation record: the running sum of
+allocations and frees in time order). Both libraries' answers are compared to ours.
+
+    python benchmarks/bench_bilevel.py                 # full: 5 seeds, 5x5 grid, 150 outer steps
+    python benchmarks/bench_bilevel.py --quick         # 2 seeds, 3x3 grid, 40 outer steps
+    python benchmarks/bench_bilevel.py --part hypergrad
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+
+GRID = {
+    "sgd": ([1.0, 10.0, 100.0, 1e3, 1e4], [0.01, 0.03, 0.1, 0.3, 1.0]),
+    "adam": ([0.003, 0.01, 0.03, 0.1, 0.3], [0.001, 0.003, 0.01, 0.03, 0.1]),
+}
+QUICK_GRID = {
+    "sgd": ([10.0, 1e3, 1e4], [0.03, 0.3, 1.0]),
+    "adam": ([0.01, 0.03, 0.1], [0.003, 0.01, 0.03]),
+}
+
+
+def quantiles(values: list[float]) -> tuple[float, float, float]:
+    """Median and the 20 % / 80 % quantiles (linear interpolation)."""
+    v = sorted(values)
+    if len(v) == 1:
+        return v[0], v[0], v[0]
+    q = statistics.quantiles(v, n=10, method="inclusive")
+    return statistics.median(v), q[1], q[7]
+
+
+def one_run(rule: str, upper_lr: float | None, lower_lr: float | None, seed: int, args: argparse.Namespace) -> dict[str, float]:
+    import warnings
+
+    from bilevel import BilevelSolver
+    from bilevel.problems import DataHyperCleaning
+
+    problem = DataHyperCleaning(
+        corruption=args.corruption, lower_batch_size=args.batch_size, upper_batch_size=args.batch_size, seed=seed
+    )
+    solver = BilevelSolver(
+        problem,
+        args.algorithm,
+        rule,
+        rule,
+        upper_lr=upper_lr,
+        lower_lr=lower_lr,
+        inner_steps=args.inner_steps,
+        linear_steps=args.linear_steps,
+        seed=seed,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # counted skips/failures of diverging grid points
+        history = solver.run(args.steps, eval_every=args.steps)
+    final = history.final
+    acc = final["test_accuracy"]
+    return {"test_accuracy": acc if acc == acc else 0.0, "wall_time": final["wall_time"]}
+
+
+def run_grid(args: argparse.Namespace) -> dict[str, Any]:
+    grid = QUICK_GRID if args.quick else GRID
+    seeds = list(range(args.seeds))
+    results: dict[str, Any] = {"defaults": {}, "grid": {}}
+    for rule in ("bisls", "bisps"):
+        runs = [one_run(rule, None, None, s, args) for s in seeds]
+        results["defaults"][rule] = runs
+        acc = quantiles([r["test_accuracy"] for r in runs])
+        print(f"{rule:6s} defaults: acc {acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}] time {sum(r['wall_time'] for r in runs):.1f}s", flush=True)
+    for rule, (uppers, lowers) in grid.items():
+        for ul in uppers:
+            for ll in lowers:
+                runs = [one_run(rule, ul, ll, s, args) for s in seeds]
+                results["grid"][f"{rule} {ul:g} {ll:g}"] = runs
+                acc = quantiles([r["test_accuracy"] for r in runs])
+                print(f"{rule:6s} upper {ul:<7g} lower {ll:<6g}: acc {acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}]", flush=True)
+    return results
+
+
+def report_grid(results: dict[str, Any]) -> str:
+    lines = ["| method | test accuracy, median [20%, 80%] | wall time per run (s), median | runs |", "|---|---|---|---|"]
+    grid_time = {"sgd": 0.0, "adam": 0.0}
+    best: dict[str, tuple[float, str]] = {}
+    for key, runs in results["grid"].items():
+        rule = key.split()[0]
+        grid_time[rule] += sum(r["wall_time"] for r in runs)
+        med = quantiles([r["test_accuracy"] for r in runs])[0]
+        if rule not in best or med > best[rule][0]:
+            best[rule] = (med, key)
+    for rule, runs in results["defaults"].items():
+        acc = quantiles([r["test_accuracy"] for r in runs])
+        t = statistics.median(r["wall_time"] for r in runs)
+        lines.append(f"| {rule} (defaults) | {acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}] | {t:.2f} | {len(runs)} |")
+    for rule, (_, key) in best.items():
+        runs = results["grid"][key]
+        acc = quantiles([r["test_accuracy"] for r in runs])
+        t = statistics.median(r["wall_time"] for r in runs)
+        lines.append(f"| best {rule} grid point (upper, lower lr = {', '.join(key.split()[1:])}) | "
+                     f"{acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}] | {t:.2f} | {len(runs)} |")
+    for rule in ("sgd", "adam"):
+        keys = [k for k in results["grid"] if k.startswith(rule)]
+        meds = sorted(quantiles([r["test_accuracy"] for r in results["grid"][k]])[0] for k in keys)
+        lines.append(f"| {rule} grid: worst / median grid point | {meds[0]:.4f} / {statistics.median(meds):.4f} | | {len(keys)} points |")
+    lines.append("")
+    for rule, runs in results["defaults"].items():
+        own = sum(r["wall_time"] for r in runs)
+        for grid_rule in ("sgd", "adam"):
+            lines.append(f"- {rule} defaults used {own / grid_time[grid_rule]:.3f} of the {grid_rule} grid's total solver time "
+                         f"({own:.1f}s vs {grid_time[grid_rule]:.1f}s).")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hypergradient cost (each configuration in its own process, so that peak memory is its own)
+
+CHILD = r'''
+import json, sys, time, statistics
+import torch
+torch.set_num_threads(1)
+from bilevel import hypergradient
+from bilevel.problems import DataHyperCleaning
+cfg = json.loads(sys.argv[1])
+p = DataHyperCleaning(corruption=0.5, dtype=torch.float64, seed=0)
+x = p.initial_x() + 0.1 * torch.randn(p.n_lower, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+y = p.initial_y()
+g = torch.func.grad(p.lower_loss, argnums=1)
+for _ in range(30):
+    step = g(x, y)
+    y = {k: v - 0.5 * step[k] for k, v in y.items()}
+
+def peak_mb(fn):
+    """Peak of CPU memory allocated during one call, from the profiler's allocation record, in MB."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    current = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak / 2**20
+
+def ours():
+    if cfg["kind"] == "itd":
+        return hypergradient(p.upper_loss, p.lower_loss, x, y, "itd", steps=cfg["T"], lr=0.5, validate=False)
+    return hypergradient(p.upper_loss, p.lower_loss, x, y, "cg", maxiter=cfg["K"], rtol=0.0, validate=False)
+
+def theirs():
+    if cfg["kind"] == "itd":
+        return hypergradient(p.upper_loss, p.lower_loss, x, y, "higher", steps=cfg["T"], lr=0.5, validate=False)
+    import torchopt
+    def optimality(params, lam):
+        gy = torch.func.grad(p.lower_loss, argnums=1)(lam, {"weight": params[0], "bias": params[1]})
+        return (gy["weight"], gy["bias"])
+    solve_cg = torchopt.linear_solve.solve_cg(maxiter=cfg["K"], rtol=0.0, atol=0.0)
+    @torchopt.diff.implicit.custom_root(optimality, argnums=1, solve=solve_cg)
+    def solve(params, lam):
+        return (params[0].detach(), params[1].detach())
+    lam = x.clone().requires_grad_(True)
+    w, b = solve((y["weight"], y["bias"]), lam)
+    loss = p.upper_loss(lam, {"weight": w, "bias": b})
+    return torch.autograd.grad(loss, lam)[0]
+
+fn = ours if cfg["who"] == "ours" else theirs
+reference = ours() if cfg["who"] != "ours" else None
+result = fn()  # warm-up (also the value compared)
+memory = peak_mb(fn)
+times = []
+for _ in range(cfg["repeats"]):
+    t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+out = {"time": statistics.median(times), "peak_mb": memory}
+if reference is not None:
+    out["rel_diff"] = float(torch.linalg.norm(result - reference) / torch.linalg.norm(reference))
+print(json.dumps(out))
+'''
+
+
+def run_child(cfg: dict[str, Any]) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}  # type: ignore[dict-item]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_hypergrad(args: argparse.Namespace) -> str:
+    repeats = 3 if args.quick else 5
+    ts = [5, 20] if args.quick else [5, 20, 80]
+    ks = [10, 50] if args.quick else [10, 50, 200]
+    lines = [
+        "| method | setting | ours: time / call | ours: peak memory | reference | reference: time / call | "
+        "reference: peak memory | ratio time (ref / ours) | rel. diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, values, name, ref in (("itd", ts, "T", "higher"), ("cg", ks, "K", "TorchOpt custom_root + solve_cg")):
+        for value in values:
+            cfg = {"kind": kind, "T": value, "K": value, "repeats": repeats}
+            a = run_child({**cfg, "who": "ours"})
+            b = run_child({**cfg, "who": "theirs"})
+            if "error" in a or "error" in b:
+                lines.append(f"| {kind} | {name}={value} | error: {a.get('error', '')} {b.get('error', '')} |||||||")
+                continue
+            lines.append(
+                f"| {kind} | {name}={value} | {1e3 * a['time']:.1f} ms | {a['peak_mb']:.1f} MB | {ref} | "
+                f"{1e3 * b['time']:.1f} ms | {b['peak_mb']:.1f} MB | {b['time'] / a['time']:.2f} | {b['rel_diff']:.1e} |"
+            )
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["grid", "hypergrad", "all"], default="all")
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 3x3 grid, 40 steps; fewer sizes for hypergrad")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 5, quick 2)")
+    parser.add_argument("--steps", type=int, default=None, help="outer steps (default 150, quick 40)")
+    parser.add_argument("--corruption", type=float, default=0.5)
+    parser.add_argument("--algorithm", default="stocbio")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--inner-steps", type=int, default=5)
+    parser.add_argument("--linear-steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 gives steadier timings)")
+    parser.add_argument("--json", default=None, help="also write raw results to this path")
+    args = parser.parse_args(argv)
+    args.seeds = args.seeds or (2 if args.quick else 5)
+    args.steps = args.steps or (40 if args.quick else 150)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    out: dict[str, Any] = {"arguments": vars(args)}
+    if args.part in ("grid", "all"):
+        out["grid"] = run_grid(args)
+        print("\n" + report_grid(out["grid"]) + "\n", flush=True)
+    if args.part in ("hypergrad", "all"):
+        table = run_hypergrad(args)
+        out["hypergrad"] = table
+        print("\n" + table + "\n", flush=True)
+    print(f"total {time.perf_counter() - start:.0f}s; torch {torch.__version__}; threads {args.threads}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
