@@ -376,7 +376,10 @@ class BilevelSolver:
         def lower(x: Tree, y: Tree) -> Tensor:
             return problem.lower_loss(x, y, lower_batch)
 
-        return ImplicitSystem(upper, lower, _tree.detach(self.x), _tree.detach(self.y))
+        # Copies: the lower and upper steps update x and y in place while the system's graphs are in use.
+        x = _tree.tree_map(lambda t: t.detach().clone(), self.x)
+        y = _tree.tree_map(lambda t: t.detach().clone(), self.y)
+        return ImplicitSystem(upper, lower, x, y)
 
     def _response(self, system: ImplicitSystem, direction: Tree) -> Tree:
         """``H⁻¹ ∇²_yx g · direction``: how ``y*`` moves (to first order) when ``x`` moves by ``-direction``."""
