@@ -196,7 +196,7 @@ def compare(
     for task_name in task_names:
         task = load_task(task_name)
         out[task_name] = {}
-        writer = writer_cls(str(Path(log_dir) / task_name)) if writer_cls is not None else None
+        writer = writer_cls(str(Path(log_dir) / task_name)) if writer_cls is not None and log_dir is not None else None
         for label, name, kwargs in configs:
             out[task_name][label] = []
             for seed in seeds:
