@@ -130,10 +130,11 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         return values
 
     # ------------------------------------------------------------------ the step
-    def _warn_once(self, key: str, message: str) -> None:
+    def _warn_once(self, key: str, message: str, stacklevel: int) -> None:
+        # stacklevel points at the caller of step() (torch wraps step in one extra frame)
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
 
     def _params_with_grad(self) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
         params, grads, states = [], [], []
@@ -222,6 +223,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
                 f"{name}: non-finite loss ({loss_v}), gradient norm^2 ({grad_sq}) or value ({value}); the "
                 "step was skipped and parameters and state are unchanged (counted in stats['skipped']; "
                 "warned once)",
+                stacklevel=3,
             )
             return loss_t
 
@@ -307,6 +309,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
                 "failure",
                 f"{type(self).__name__}: no trial satisfied the sufficient-decrease test after "
                 f"{max_backtracks} backtracks; no step was taken (counted in stats['failures']; warned once)",
+                stacklevel=5,
             )
             return SearchResult(0.0, j, accepted=False, searched=True)
         return SearchResult(eta, j, accepted=True, searched=True)
