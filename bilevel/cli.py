@@ -112,7 +112,11 @@ def save_summary_png(history: BilevelHistory, path: Path, title: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rlopt bilevel``; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run from parsed arguments (for a parent command line that attached :func:`build_parser` to a subparser)."""
     problem = make_problem(args)
     solver = BilevelSolver(
         problem,
