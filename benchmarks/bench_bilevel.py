@@ -49,7 +49,9 @@ def quantiles(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(v), q[1], q[7]
 
 
-def one_run(rule: str, upper_lr: float | None, lower_lr: float | None, seed: int, args: argparse.Namespace) -> dict[str, float]:
+def one_run(
+    rule: str, upper_lr: float | None, lower_lr: float | None, seed: int, args: argparse.Namespace
+) -> dict[str, float]:
     import warnings
 
     from bilevel import BilevelSolver
@@ -85,19 +87,29 @@ def run_grid(args: argparse.Namespace) -> dict[str, Any]:
         runs = [one_run(rule, None, None, s, args) for s in seeds]
         results["defaults"][rule] = runs
         acc = quantiles([r["test_accuracy"] for r in runs])
-        print(f"{rule:6s} defaults: acc {acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}] time {sum(r['wall_time'] for r in runs):.1f}s", flush=True)
+        print(
+            f"{rule:6s} defaults: acc {acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}] "
+            f"time {sum(r['wall_time'] for r in runs):.1f}s",
+            flush=True,
+        )
     for rule, (uppers, lowers) in grid.items():
         for ul in uppers:
             for ll in lowers:
                 runs = [one_run(rule, ul, ll, s, args) for s in seeds]
                 results["grid"][f"{rule} {ul:g} {ll:g}"] = runs
                 acc = quantiles([r["test_accuracy"] for r in runs])
-                print(f"{rule:6s} upper {ul:<7g} lower {ll:<6g}: acc {acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}]", flush=True)
+                print(
+                    f"{rule:6s} upper {ul:<7g} lower {ll:<6g}: acc {acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}]",
+                    flush=True,
+                )
     return results
 
 
 def report_grid(results: dict[str, Any]) -> str:
-    lines = ["| method | test accuracy, median [20%, 80%] | wall time per run (s), median | runs |", "|---|---|---|---|"]
+    lines = [
+        "| method | test accuracy, median [20%, 80%] | wall time per run (s), median | runs |",
+        "|---|---|---|---|",
+    ]
     grid_time = {"sgd": 0.0, "adam": 0.0}
     best: dict[str, tuple[float, str]] = {}
     for key, runs in results["grid"].items():
@@ -114,18 +126,25 @@ def report_grid(results: dict[str, Any]) -> str:
         runs = results["grid"][key]
         acc = quantiles([r["test_accuracy"] for r in runs])
         t = statistics.median(r["wall_time"] for r in runs)
-        lines.append(f"| best {rule} grid point (upper, lower lr = {', '.join(key.split()[1:])}) | "
-                     f"{acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}] | {t:.2f} | {len(runs)} |")
+        lines.append(
+            f"| best {rule} grid point (upper, lower lr = {', '.join(key.split()[1:])}) | "
+            f"{acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}] | {t:.2f} | {len(runs)} |"
+        )
     for rule in ("sgd", "adam"):
         keys = [k for k in results["grid"] if k.startswith(rule)]
         meds = sorted(quantiles([r["test_accuracy"] for r in results["grid"][k]])[0] for k in keys)
-        lines.append(f"| {rule} grid: worst / median grid point | {meds[0]:.4f} / {statistics.median(meds):.4f} | | {len(keys)} points |")
+        lines.append(
+            f"| {rule} grid: worst / median grid point | {meds[0]:.4f} / {statistics.median(meds):.4f} | "
+            f"| {len(keys)} points |"
+        )
     lines.append("")
     for rule, runs in results["defaults"].items():
         own = sum(r["wall_time"] for r in runs)
         for grid_rule in ("sgd", "adam"):
-            lines.append(f"- {rule} defaults used {own / grid_time[grid_rule]:.3f} of the {grid_rule} grid's total solver time "
-                         f"({own:.1f}s vs {grid_time[grid_rule]:.1f}s).")
+            lines.append(
+                f"- {rule} defaults used {own / grid_time[grid_rule]:.3f} of the {grid_rule} grid's total solver time "
+                f"({own:.1f}s vs {grid_time[grid_rule]:.1f}s)."
+            )
     return "\n".join(lines)
 
 
@@ -219,7 +238,8 @@ def run_hypergrad(args: argparse.Namespace) -> str:
                 continue
             lines.append(
                 f"| {kind} | {name}={value} | {1e3 * a['time']:.1f} ms | {a['peak_mb']:.1f} MB | {ref} | "
-                f"{1e3 * b['time']:.1f} ms | {b['peak_mb']:.1f} MB | {b['time'] / a['time']:.2f} | {b['rel_diff']:.1e} |"
+                f"{1e3 * b['time']:.1f} ms | {b['peak_mb']:.1f} MB | {b['time'] / a['time']:.2f} | "
+                f"{b['rel_diff']:.1e} |"
             )
             print(lines[-1], flush=True)
     return "\n".join(lines)

@@ -104,6 +104,15 @@ def test_truncated_itd_error_decreases_with_truncation_length() -> None:
     assert all(b < a for a, b in itertools.pairwise(errors)), errors
 
 
+def test_itd_backends_agree() -> None:
+    p = MLPProblem()
+    x = {"log_decay": torch.tensor([-2.0, -1.5], dtype=F64)}
+    for options in ({"steps": 15, "lr": 0.2}, {"steps": 15, "lr": 0.2, "truncate": 5}):
+        a = hypergradient(p.upper, p.lower, x, p.y0, "itd", backend="autograd", **options)
+        b = hypergradient(p.upper, p.lower, x, p.y0, "itd", backend="func", **options)
+        torch.testing.assert_close(a["log_decay"], b["log_decay"], rtol=1e-12, atol=1e-15)
+
+
 def test_higher_equals_itd(ridge: Ridge) -> None:
     pytest.importorskip("higher")
     x = ridge_point(ridge)
@@ -292,6 +301,7 @@ def test_unknown_option_lists_fields() -> None:
         ("itd", {"steps": 0}, "steps"),
         ("itd", {"lr": -0.1}, "lr"),
         ("itd", {"steps": 5, "truncate": 6}, "truncate"),
+        ("itd", {"backend": "jax"}, "backend"),
         ("exact", {"max_dim": 2}, "max_dim"),
     ],
 )
