@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad, jacrev, vjp
+from torch.func import grad, jacrev
 
 from bilevel import _tree
 from bilevel._tree import Tree
@@ -322,47 +322,77 @@ def hypergradient(upper: LossFn, lower: LossFn, x: Tree, y: Tree, method: str = 
 # Implicit differentiation
 
 
+def _grads(
+    outputs: Tensor | tuple[Tensor, ...],
+    inputs: list[Tensor],
+    grad_outputs: list[Tensor] | None = None,
+    create_graph: bool = False,
+) -> list[Tensor]:
+    """``torch.autograd.grad`` with zeros for inputs the outputs do not depend on; keeps the graph."""
+    out = torch.autograd.grad(
+        outputs, inputs, grad_outputs=grad_outputs, retain_graph=True, create_graph=create_graph, allow_unused=True
+    )
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(out, inputs, strict=True)]
+
+
 class ImplicitSystem:
     """The pieces of the implicit hypergradient at one point ``(x, y)``, built once and reused.
 
-    ``grad_x_upper`` and ``grad_y_upper`` are ``∇_x f`` and ``∇_y f``; ``hvp(v) = ∇²_yy g v`` and
-    ``cross(v) = ∇²_xy g v`` reuse one recorded graph each (one backward per call);
-    ``response(d) = ∇²_yx g d`` is a forward-mode product. ``combine(v) = ∇_x f - cross(v)``.
+    ``grad_x_upper`` and ``grad_y_upper`` are ``∇_x f`` and ``∇_y f``. ``∇_y g`` is recorded once with
+    ``create_graph=True``; then ``hvp(v) = ∇²_yy g v`` and ``cross(v) = ∇²_xy g v`` are one backward pass each
+    through that graph, and ``jvp_x(d) = ∇²_yx g d`` is the transpose of ``cross`` (double backward, rather
+    than forward mode, whose operator coverage is narrower). ``combine(v) = ∇_x f - cross(v)``.
+
+    Plain ``torch.autograd`` is used here rather than ``torch.func.vjp``: the products are the same, and
+    repeated calls through one retained graph were cheaper on CPU. ``x`` and ``y`` must not be modified in
+    place while the system is in use.
     """
 
     def __init__(self, upper: LossFn, lower: LossFn, x: Tree, y: Tree) -> None:
         self.x = x
         self.y = y
-        self._lower = lower
-        self.grad_x_upper, self.grad_y_upper = grad(upper, argnums=(0, 1))(x, y)
-        self._grad_y_lower = grad(lower, argnums=1)
-        self._hvp_fn: Callable[[Tree], tuple[Tree]] | None = None
-        self._cross_fn: Callable[[Tree], tuple[Tree]] | None = None
+        with torch.enable_grad():
+            self._x_req = _tree.tree_map(lambda t: t.detach().requires_grad_(True), x)
+            self._y_req = _tree.tree_map(lambda t: t.detach().requires_grad_(True), y)
+            self._x_leaves = _tree.leaves(self._x_req)
+            self._y_leaves = _tree.leaves(self._y_req)
+            f = upper(self._x_req, self._y_req)
+            grads = _grads(f, self._x_leaves + self._y_leaves)
+            n_x = len(self._x_leaves)
+            self.grad_x_upper = _tree.rebuild(x, [g.detach() for g in grads[:n_x]])
+            self.grad_y_upper = _tree.rebuild(y, [g.detach() for g in grads[n_x:]])
+            g_y = torch.autograd.grad(
+                lower(self._x_req, self._y_req), self._y_leaves, create_graph=True, allow_unused=True
+            )
+        # Leaves of y that g does not use contribute nothing to any product.
+        self._used = [i for i, g in enumerate(g_y) if g is not None and g.requires_grad]
+        self._g_y = tuple(g_y[i] for i in self._used)
+
+    def _backward(self, v: Tree, inputs: list[Tensor], create_graph: bool = False) -> list[Tensor]:
+        if not self._used:
+            return [torch.zeros_like(t) for t in inputs]
+        v_leaves = _tree.leaves(v)
+        with torch.enable_grad():
+            return _grads(self._g_y, inputs, [v_leaves[i] for i in self._used], create_graph=create_graph)
 
     def hvp(self, v: Tree) -> Tree:
         """``∇²_yy g(x, y) v``."""
-        if self._hvp_fn is None:
-            self._hvp_fn = vjp(lambda y_: self._grad_y_lower(self.x, y_), self.y)[1]
-        return self._hvp_fn(v)[0]
+        return _tree.rebuild(self.y, self._backward(v, self._y_leaves))
 
     def cross(self, v: Tree) -> Tree:
         """``∇²_xy g(x, y) v`` (shaped like ``x``)."""
-        if self._cross_fn is None:
-            self._cross_fn = vjp(lambda x_: self._grad_y_lower(x_, self.y), self.x)[1]
-        return self._cross_fn(v)[0]
+        return _tree.rebuild(self.x, self._backward(v, self._x_leaves))
 
     def jvp_x(self, d: Tree) -> Tree:
-        """``∇²_yx g(x, y) d`` (shaped like ``y``): how ``∇_y g`` moves when ``x`` moves along ``d``.
-
-        Computed reverse-over-reverse (the transpose of the linear map ``cross``) rather than with forward
-        mode, whose coverage of operators is narrower.
-        """
-
-        def cross_of(u: Tree) -> Tree:
-            return vjp(lambda x_: self._grad_y_lower(x_, self.y), self.x)[1](u)[0]
-
-        transpose = vjp(cross_of, _tree.zeros_like(self.y))[1]
-        return transpose(d)[0]
+        """``∇²_yx g(x, y) d`` (shaped like ``y``): how ``∇_y g`` moves when ``x`` moves along ``d``."""
+        with torch.enable_grad():
+            u = _tree.tree_map(lambda t: torch.zeros_like(t).requires_grad_(True), self.y)
+            cross_u = self._backward(u, self._x_leaves, create_graph=True)
+            pairs = [(c, t) for c, t in zip(cross_u, _tree.leaves(d), strict=True) if c.requires_grad]
+            if not pairs:  # g does not couple x and y
+                return _tree.zeros_like(self.y)
+            out = _grads(tuple(c for c, _ in pairs), _tree.leaves(u), [t for _, t in pairs])
+        return _tree.rebuild(self.y, [g.detach() for g in out])
 
     def combine(self, v: Tree) -> Tree:
         """``∇_x f - ∇²_xy g v``."""

@@ -369,3 +369,24 @@ def test_higher_missing_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
 def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_implicit_system_products_match_matrices() -> None:
+    from bilevel.hypergradients import ImplicitSystem
+
+    A = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=F64)
+    B = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0]], dtype=F64)
+    system = ImplicitSystem(
+        lambda x, y: (y**2).sum() + (x**2).sum(),
+        lambda x, y: 0.5 * y @ A @ y - (B @ x) @ y,
+        torch.ones(3, dtype=F64),
+        torch.ones(2, dtype=F64),
+    )
+    v, d = torch.tensor([1.0, -2.0], dtype=F64), torch.tensor([1.0, -1.0, 2.0], dtype=F64)
+    torch.testing.assert_close(system.hvp(v), A @ v)
+    torch.testing.assert_close(system.cross(v), -B.T @ v)  # ∇²_xy g = -Bᵀ
+    torch.testing.assert_close(system.jvp_x(d), -B @ d)
+    torch.testing.assert_close(system.grad_x_upper, 2 * torch.ones(3, dtype=F64))
+    # No coupling between x and y in g: the mixed products are zero, not an error.
+    uncoupled = ImplicitSystem(lambda x, y: x.sum() + y.sum(), lambda x, y: (y**2).sum(), d, v)
+    assert not bool(uncoupled.jvp_x(d).any()) and not bool(uncoupled.cross(v).any())
