@@ -264,3 +264,16 @@ def test_polyak_step_formula_and_cap() -> None:
 def test_upper_rule_validation(cls: type, kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize("rules", [("bisls", "bisls"), ("bisls-adam", "bisls-adam")])
+def test_solver_on_dict_upper_variable_and_regularization(rules: tuple[str, str]) -> None:
+    from bilevel.problems import HyperRepresentation, RegularizationHPO
+
+    for problem in (
+        HyperRepresentation(hidden=8, n_train=200, n_val=100, n_test=100, lower_batch_size=100, upper_batch_size=100),
+        RegularizationHPO(),
+    ):
+        start = problem.metrics(problem.initial_x(), problem.initial_y())["val_loss"]
+        final = BilevelSolver(problem, "amigo", *rules, inner_steps=5, linear_steps=5, seed=0).run(8).final
+        assert final["val_loss"] < 0.7 * start, (type(problem).__name__, start, final["val_loss"])
