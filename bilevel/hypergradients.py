@@ -100,7 +100,13 @@ class HigherConfig(ITDConfig):
     ``DataParallel``/DDP; its differentiable Adam can give nan through ``sqrt`` at 0; BatchNorm running
     statistics of the patched module are not carried back; memory grows linearly with ``steps`` as for
     ``"itd"``. Truncation is done here by running the first ``steps - truncate`` steps without a graph.
+    ``backend`` does not apply.
     """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backend != "autograd":
+            raise ValueError(f"Invalid backend: {self.backend!r}; method 'higher' has no backend option")
 
 
 @dataclass(frozen=True)
