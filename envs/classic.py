@@ -11,7 +11,8 @@ Acrobot (the "book" dynamics); Moore (1990) for MountainCar.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -61,8 +62,10 @@ class CartPoleEnv(TorchVecEnv):
     single_observation_space = gym.spaces.Box(-_high, _high, dtype=np.float32)
     single_action_space = gym.spaces.Discrete(2)
 
-    def _dynamics(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, x_dot, theta, theta_dot = state.unbind(1)
+    def _dynamics(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, x_dot, theta, theta_dot = state.unbind(0)
         force = (action * 2 - 1).to(state.dtype) * self.force_mag
         costheta = torch.cos(theta)
         sintheta = torch.sin(theta)
@@ -72,11 +75,9 @@ class CartPoleEnv(TorchVecEnv):
         )
         xacc = temp - self.polemass_length * thetaacc * costheta / self.total_mass
         # Explicit Euler: positions advance with the old velocities.
-        next_state = torch.stack(
-            (x + self.tau * x_dot, x_dot + self.tau * xacc, theta + self.tau * theta_dot, theta_dot + self.tau * thetaacc),
-            dim=1,
-        )
-        nx, ntheta = next_state[:, 0], next_state[:, 2]
+        nx = x + self.tau * x_dot
+        ntheta = theta + self.tau * theta_dot
+        next_state = torch.stack((nx, x_dot + self.tau * xacc, ntheta, theta_dot + self.tau * thetaacc))
         terminated = (
             (nx < -self.x_threshold)
             | (nx > self.x_threshold)
@@ -87,7 +88,7 @@ class CartPoleEnv(TorchVecEnv):
         return next_state, reward, terminated
 
     def _observe(self, state: torch.Tensor) -> torch.Tensor:
-        return state.to(torch.float32)
+        return state.T.to(torch.float32)
 
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
         return -0.05 + (0.05 - -0.05) * uniform
@@ -129,12 +130,14 @@ class AcrobotEnv(TorchVecEnv):
     single_action_space = gym.spaces.Discrete(3)
 
     def _dsdt(
-        self, theta1: torch.Tensor, theta2: torch.Tensor, dtheta1: torch.Tensor, dtheta2: torch.Tensor, a: torch.Tensor
+        self, y: Sequence[torch.Tensor], a: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gymnasium's ``_dsdt``: time derivative of ``y = (theta1, theta2, dtheta1, dtheta2)``."""
+        theta1, theta2, dtheta1, dtheta2 = y
         m1, m2 = self.LINK_MASS_1, self.LINK_MASS_2
         l1 = self.LINK_LENGTH_1
         lc1, lc2 = self.LINK_COM_POS_1, self.LINK_COM_POS_2
-        I1 = I2 = self.LINK_MOI  # noqa: N806 (the physics' names)
+        I1 = I2 = self.LINK_MOI
         g = 9.8
         pi = math.pi
         sin2 = torch.sin(theta2)
@@ -163,31 +166,34 @@ class AcrobotEnv(TorchVecEnv):
         once_up = torch.where(many_down < low, many_down + diff, many_down)
         return torch.where(once_up < low, many_down + diff * torch.ceil((low - many_down) / diff), once_up)
 
-    def _dynamics(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _dynamics(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         torque = (action - 1).to(state.dtype)
-        y0 = state.unbind(1)
+        y0 = state.unbind(0)
         dt = self.dt
         dt2 = dt / 2.0
-        k1 = self._dsdt(*y0, torque)
-        k2 = self._dsdt(*(y + dt2 * k for y, k in zip(y0, k1, strict=True)), torque)
-        k3 = self._dsdt(*(y + dt2 * k for y, k in zip(y0, k2, strict=True)), torque)
-        k4 = self._dsdt(*(y + dt * k for y, k in zip(y0, k3, strict=True)), torque)
+        k1 = self._dsdt(y0, torque)
+        k2 = self._dsdt([y + dt2 * k for y, k in zip(y0, k1, strict=True)], torque)
+        k3 = self._dsdt([y + dt2 * k for y, k in zip(y0, k2, strict=True)], torque)
+        k4 = self._dsdt([y + dt * k for y, k in zip(y0, k3, strict=True)], torque)
         ns = [
-            y + dt / 6.0 * (a + 2 * b + 2 * c + d)
-            for y, a, b, c, d in zip(y0, k1, k2, k3, k4, strict=True)
+            y + dt / 6.0 * (a + 2 * b + 2 * c + d) for y, a, b, c, d in zip(y0, k1, k2, k3, k4, strict=True)
         ]
         theta1 = self._wrap(ns[0], -math.pi, math.pi)
         theta2 = self._wrap(ns[1], -math.pi, math.pi)
         dtheta1 = ns[2].clamp(-self.MAX_VEL_1, self.MAX_VEL_1)
         dtheta2 = ns[3].clamp(-self.MAX_VEL_2, self.MAX_VEL_2)
-        next_state = torch.stack((theta1, theta2, dtheta1, dtheta2), dim=1)
+        next_state = torch.stack((theta1, theta2, dtheta1, dtheta2))
         terminated = -torch.cos(theta1) - torch.cos(theta2 + theta1) > 1.0
-        reward = (terminated.to(torch.float32) - 1.0)
+        reward = terminated.to(torch.float32) - 1.0
         return next_state, reward, terminated
 
     def _observe(self, state: torch.Tensor) -> torch.Tensor:
-        t1, t2, d1, d2 = state.unbind(1)
-        return torch.stack((torch.cos(t1), torch.sin(t1), torch.cos(t2), torch.sin(t2), d1, d2), dim=1).to(torch.float32)
+        t1, t2, d1, d2 = state.unbind(0)
+        return torch.stack((torch.cos(t1), torch.sin(t1), torch.cos(t2), torch.sin(t2), d1, d2), dim=1).to(
+            torch.float32
+        )
 
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
         # Gymnasium draws in float64 and stores the initial state as float32.
@@ -227,24 +233,30 @@ class MountainCarEnv(TorchVecEnv):
         np.array([max_position, max_speed], dtype=np.float32),
         dtype=np.float32,
     )
-    single_action_space = gym.spaces.Discrete(3)
+    single_action_space: gym.spaces.Space[Any] = gym.spaces.Discrete(3)
 
-    def _dynamics(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        position, velocity = state.unbind(1)
-        velocity = velocity + ((action - 1).to(state.dtype) * self.force + torch.cos(3 * position) * (-self.gravity))
+    def _dynamics(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        position, velocity = state.unbind(0)
+        velocity = velocity + (
+            (action - 1).to(state.dtype) * self.force + torch.cos(3 * position) * (-self.gravity)
+        )
         velocity = velocity.clamp(-self.max_speed, self.max_speed)
         position = (position + velocity).clamp(self.min_position, self.max_position)
-        velocity = torch.where((position == self.min_position) & (velocity < 0), torch.zeros_like(velocity), velocity)
+        velocity = torch.where(
+            (position == self.min_position) & (velocity < 0), torch.zeros_like(velocity), velocity
+        )
         terminated = (position >= self.goal_position) & (velocity >= self.goal_velocity)
         reward = torch.full_like(position, -1.0, dtype=torch.float32)
-        return torch.stack((position, velocity), dim=1), reward, terminated
+        return torch.stack((position, velocity)), reward, terminated
 
     def _observe(self, state: torch.Tensor) -> torch.Tensor:
-        return state.to(torch.float32)
+        return state.T.to(torch.float32)
 
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
-        position = -0.6 + (-0.4 - -0.6) * uniform[:, 0]
-        return torch.stack((position, torch.zeros_like(position)), dim=1)
+        position = -0.6 + (-0.4 - -0.6) * uniform[0]
+        return torch.stack((position, torch.zeros_like(position)))
 
 
 class MountainCarContinuousEnv(MountainCarEnv):
@@ -272,12 +284,16 @@ class MountainCarContinuousEnv(MountainCarEnv):
     goal_position = 0.45
     power = 0.0015
     single_observation_space = gym.spaces.Box(
-        low=np.array([-1.2, -0.07], dtype=np.float32), high=np.array([0.6, 0.07], dtype=np.float32), dtype=np.float32
+        low=np.array([-1.2, -0.07], dtype=np.float32),
+        high=np.array([0.6, 0.07], dtype=np.float32),
+        dtype=np.float32,
     )
     single_action_space = gym.spaces.Box(low=-1.0, high=1.0, shape=(1,), dtype=np.float32)
 
-    def _dynamics(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        position, velocity = state.unbind(1)
+    def _dynamics(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        position, velocity = state.unbind(0)
         raw = action[:, 0].to(torch.float32)
         force = raw.clamp(self.min_action, self.max_action).to(state.dtype)
         # Gymnasium evaluates cos(3 p) in double precision (math.cos) before rounding.
@@ -285,10 +301,12 @@ class MountainCarContinuousEnv(MountainCarEnv):
         velocity = velocity + (force * self.power - slope)
         velocity = velocity.clamp(-self.max_speed, self.max_speed)
         position = (position + velocity).clamp(self.min_position, self.max_position)
-        velocity = torch.where((position == self.min_position) & (velocity < 0), torch.zeros_like(velocity), velocity)
+        velocity = torch.where(
+            (position == self.min_position) & (velocity < 0), torch.zeros_like(velocity), velocity
+        )
         terminated = (position >= self.goal_position) & (velocity >= self.goal_velocity)
         reward = terminated.to(torch.float32) * 100.0 - raw.square() * 0.1
-        return torch.stack((position, velocity), dim=1), reward, terminated
+        return torch.stack((position, velocity)), reward, terminated
 
 
 class PendulumEnv(TorchVecEnv):
@@ -333,27 +351,34 @@ class PendulumEnv(TorchVecEnv):
         self.g = float(g)
         super().__init__(*args, **kwargs)
 
-    def _dynamics(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        th, thdot = state.unbind(1)
+    def _dynamics(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        th, thdot = state.unbind(0)
         # Gymnasium's torque stays float32 (the action's dtype) until it meets the float64 state.
         u = action[:, 0].to(torch.float32).clamp(-self.max_torque, self.max_torque)
         costs = angle_normalize(th).square() + 0.1 * thdot.square() + (0.001 * u.square()).to(state.dtype)
-        newthdot = thdot + (3 * self.g / (2 * self.l) * torch.sin(th) + (3.0 / (self.m * self.l**2) * u).to(state.dtype)) * self.dt
+        newthdot = (
+            thdot
+            + (3 * self.g / (2 * self.l) * torch.sin(th) + (3.0 / (self.m * self.l**2) * u).to(state.dtype))
+            * self.dt
+        )
         newthdot = newthdot.clamp(-self.max_speed, self.max_speed)
         newth = th + newthdot * self.dt
         terminated = torch.zeros_like(th, dtype=torch.bool)
-        return torch.stack((newth, newthdot), dim=1), (-costs).to(torch.float32), terminated
+        return torch.stack((newth, newthdot)), (-costs).to(torch.float32), terminated
 
     def _observe(self, state: torch.Tensor) -> torch.Tensor:
-        th, thdot = state.unbind(1)
+        th, thdot = state.unbind(0)
         return torch.stack((torch.cos(th), torch.sin(th), thdot), dim=1).to(torch.float32)
 
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
-        theta = -math.pi + (math.pi - -math.pi) * uniform[:, 0]
-        theta_dot = -1.0 + (1.0 - -1.0) * uniform[:, 1]
-        return torch.stack((theta, theta_dot), dim=1)
+        theta = -math.pi + (math.pi - -math.pi) * uniform[0]
+        theta_dot = -1.0 + (1.0 - -1.0) * uniform[1]
+        return torch.stack((theta, theta_dot))
 
 
 ENV_CLASSES: dict[str, type[TorchVecEnv]] = {
-    cls.env_id: cls for cls in (CartPoleEnv, AcrobotEnv, MountainCarEnv, MountainCarContinuousEnv, PendulumEnv)
+    cls.env_id: cls
+    for cls in (CartPoleEnv, AcrobotEnv, MountainCarEnv, MountainCarContinuousEnv, PendulumEnv)
 }

@@ -57,7 +57,9 @@ def parse_autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
         if key in AUTORESET_MODES:
             return AUTORESET_MODES[key]
     allowed = ", ".join(repr(m) for m in AUTORESET_MODES)
-    raise ValueError(f"Invalid autoreset_mode: {mode!r}, expected a gymnasium AutoresetMode or one of {allowed}")
+    raise ValueError(
+        f"Invalid autoreset_mode: {mode!r}, expected a gymnasium AutoresetMode or one of {allowed}"
+    )
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +71,7 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-class TorchVecEnv(VectorEnv):  # type: ignore[misc]
+class TorchVecEnv(VectorEnv):
     """A Gymnasium vector environment whose copies live in tensors on one torch device.
 
     ``reset(seed=, options=)`` and ``step(actions)`` take and return torch tensors on ``env.device``:
@@ -116,7 +118,7 @@ class TorchVecEnv(VectorEnv):  # type: ignore[misc]
         (torch.Size([8, 4]), torch.float32, torch.bool)
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012
 
     # Filled in by each environment.
     env_id: ClassVar[str] = ""
@@ -141,7 +143,11 @@ class TorchVecEnv(VectorEnv):  # type: ignore[misc]
             raise ValueError(f"Invalid num_envs: {num_envs!r}, expected an int >= 1")
         if max_episode_steps is None:
             max_episode_steps = self.default_max_episode_steps
-        if isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1:
+        if (
+            isinstance(max_episode_steps, bool)
+            or not isinstance(max_episode_steps, int)
+            or max_episode_steps < 1
+        ):
             raise ValueError(f"Invalid max_episode_steps: {max_episode_steps!r}, expected an int >= 1")
         dtype = self.default_dtype if dtype is None else dtype
         if dtype not in (torch.float32, torch.float64):
@@ -162,7 +168,9 @@ class TorchVecEnv(VectorEnv):  # type: ignore[misc]
 
         n, k, dev = num_envs, len(self.state_names), self.device
         self.generator = torch.Generator(device=dev)
-        self._state = torch.zeros(n, k, dtype=dtype, device=dev)
+        # Struct-of-arrays layout (k, num_envs): every op runs over contiguous rows of length num_envs,
+        # which is what a fused kernel vectorises; `state` shows Gymnasium's (num_envs, k) layout.
+        self._state = torch.zeros(k, n, dtype=dtype, device=dev)
         self._elapsed = torch.zeros(n, dtype=torch.int32, device=dev)
         # NEXT_STEP: copies that ended on the previous step and are reset on this one.
         self._prev_done = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -179,16 +187,21 @@ class TorchVecEnv(VectorEnv):  # type: ignore[misc]
         self._set_seed(seed)
 
     # ------------------------------------------------------------------ environment-specific (pure)
-    def _dynamics(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One physics step of every copy: returns (next_state, reward float32, terminated bool)."""
+    def _dynamics(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One physics step of every copy, state ``(k, num_envs)``: returns (next_state, reward, terminated).
+
+        ``reward`` is float32 and ``terminated`` bool, both of shape ``(num_envs,)``.
+        """
         raise NotImplementedError
 
     def _observe(self, state: torch.Tensor) -> torch.Tensor:
-        """Observation (float32, ``(num_envs, *obs_shape)``) of a batch of states."""
+        """Observation (float32, ``(num_envs, *obs_shape)``) of states ``(k, num_envs)``."""
         raise NotImplementedError
 
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
-        """Initial states from noise ``uniform`` in (0, 1) of shape ``(num_envs, k)`` (state dtype)."""
+        """Initial states ``(k, num_envs)`` from noise ``uniform`` in (0, 1) of the same shape and dtype."""
         raise NotImplementedError
 
     def _action_checked(self, actions: torch.Tensor) -> torch.Tensor:
@@ -207,15 +220,17 @@ class TorchVecEnv(VectorEnv):  # type: ignore[misc]
         self._reset_count.zero_()
 
     def _uniform(self, reset_count: torch.Tensor) -> torch.Tensor:
-        """Noise in (0, 1) for every copy's next reset, shape ``(num_envs, k)``, in the state dtype."""
+        """Noise in (0, 1) for every copy's next reset, shape ``(k, num_envs)``, in the state dtype."""
         lane = _mix32(self._lane_key ^ (reset_count & _M32))
-        bits = _mix32((lane.unsqueeze(1) + self._component_offset) & _M32)
+        bits = _mix32((lane.unsqueeze(0) + self._component_offset.unsqueeze(1)) & _M32)
         return ((bits.to(torch.float64) + 0.5) * (1.0 / 2**32)).to(self.dtype)
 
     # ------------------------------------------------------------------ the step, as one pure-ish function
     def _transition_eager(
         self, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+    ]:
         """Advance every copy once and update the buffers in place.
 
         Returns (obs, reward, terminated, truncated, final_obs, episode_return, episode_length); the
@@ -227,7 +242,9 @@ class TorchVecEnv(VectorEnv):  # type: ignore[misc]
         if mode == AutoresetMode.NEXT_STEP:
             # Copies that ended last step are reset now: their action is ignored, reward 0, flags False.
             resetting = self._prev_done
-            next_state = torch.where(resetting.unsqueeze(1), self._reset_states(self._uniform(self._reset_count)), next_state)
+            next_state = torch.where(
+                resetting.unsqueeze(0), self._reset_states(self._uniform(self._reset_count)), next_state
+            )
             reward = torch.where(resetting, torch.zeros_like(reward), reward)
             terminated = terminated & ~resetting
             elapsed = torch.where(resetting, torch.zeros_like(elapsed), elapsed)
@@ -245,7 +262,9 @@ class TorchVecEnv(VectorEnv):  # type: ignore[misc]
             episode_return = self._episode_return + reward
             episode_length = self._episode_length + 1
             final_obs = self._observe(next_state)
-            next_state = torch.where(done.unsqueeze(1), self._reset_states(self._uniform(self._reset_count)), next_state)
+            next_state = torch.where(
+                done.unsqueeze(0), self._reset_states(self._uniform(self._reset_count)), next_state
+            )
             self._reset_count.add_(done.to(torch.int64))
             elapsed = torch.where(done, torch.zeros_like(elapsed), elapsed)
             obs = torch.where(done.unsqueeze(1), self._observe(next_state), final_obs)
@@ -271,7 +290,7 @@ class TorchVecEnv(VectorEnv):  # type: ignore[misc]
     @property
     def state(self) -> torch.Tensor:
         """A copy of the physical state, ``(num_envs, k)``, in Gymnasium's ``unwrapped.state`` layout."""
-        return self._state.clone()
+        return self._state.T.contiguous()
 
     @state.setter
     def state(self, value: torch.Tensor | np.ndarray) -> None:
@@ -284,7 +303,7 @@ class TorchVecEnv(VectorEnv):  # type: ignore[misc]
             )
         if not value.is_floating_point():
             raise TypeError(f"{self.env_id}: invalid state dtype {value.dtype}, expected a floating dtype")
-        self._state.copy_(value.to(device=self.device, dtype=self.dtype))
+        self._state.copy_(value.to(device=self.device, dtype=self.dtype).T)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -312,15 +331,22 @@ class TorchVecEnv(VectorEnv):  # type: ignore[misc]
         if isinstance(mask, np.ndarray):
             mask = torch.from_numpy(mask).to(self.device)
         if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"{self.env_id}: options['reset_mask'] must be a bool tensor, got {type(mask).__name__}")
+            raise TypeError(
+                f"{self.env_id}: options['reset_mask'] must be a bool tensor, got {type(mask).__name__}"
+            )
         if tuple(mask.shape) != (self.num_envs,):
             raise ValueError(
-                f"{self.env_id}: options['reset_mask'] must have shape ({self.num_envs},), got {tuple(mask.shape)}"
+                f"{self.env_id}: options['reset_mask'] must have shape ({self.num_envs},), "
+                f"got {tuple(mask.shape)}"
             )
         if mask.dtype != torch.bool:
-            raise TypeError(f"{self.env_id}: options['reset_mask'] must have dtype torch.bool, got {mask.dtype}")
+            raise TypeError(
+                f"{self.env_id}: options['reset_mask'] must have dtype torch.bool, got {mask.dtype}"
+            )
         if mask.device != self.device:
-            raise ValueError(f"{self.env_id}: options['reset_mask'] must be on {self.device}, got {mask.device}")
+            raise ValueError(
+                f"{self.env_id}: options['reset_mask'] must be on {self.device}, got {mask.device}"
+            )
         if self.device.type == "cpu" and not bool(mask.any()):
             # Gymnasium refuses an all-False mask; checked where it costs no device synchronisation.
             raise ValueError(f"{self.env_id}: options['reset_mask'] must contain at least one True value")
@@ -337,7 +363,7 @@ class TorchVecEnv(VectorEnv):  # type: ignore[misc]
             self._episode_return.zero_()
             self._episode_length.zero_()
             return
-        self._state.copy_(torch.where(mask.unsqueeze(1), fresh, self._state))
+        self._state.copy_(torch.where(mask.unsqueeze(0), fresh, self._state))
         self._reset_count.add_(mask.to(torch.int64))
         self._elapsed.masked_fill_(mask, 0)
         self._prev_done.masked_fill_(mask, False)
@@ -366,26 +392,33 @@ class TorchVecEnv(VectorEnv):  # type: ignore[misc]
             actions = torch.from_numpy(actions).to(self.device)
         if not isinstance(actions, torch.Tensor):
             raise TypeError(
-                f"{self.env_id}: actions must be a torch.Tensor on {self.device}, got {type(actions).__name__}"
+                f"{self.env_id}: actions must be a torch.Tensor on {self.device}, "
+                f"got {type(actions).__name__}"
             )
         space = self.single_action_space
         expected_shape = (self.num_envs, *(space.shape or ()))
         if tuple(actions.shape) != expected_shape:
-            raise ValueError(f"{self.env_id}: actions must have shape {expected_shape}, got {tuple(actions.shape)}")
+            raise ValueError(
+                f"{self.env_id}: actions must have shape {expected_shape}, got {tuple(actions.shape)}"
+            )
         if actions.device != self.device:
             raise ValueError(f"{self.env_id}: actions must be on {self.device}, got {actions.device}")
         if isinstance(space, gym.spaces.Discrete):
             if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool:
-                raise TypeError(f"{self.env_id}: discrete actions must have an integer dtype, got {actions.dtype}")
+                raise TypeError(
+                    f"{self.env_id}: discrete actions must have an integer dtype, got {actions.dtype}"
+                )
             if self.validate_actions:
                 low, high = torch.aminmax(actions)
                 if int(low) < int(space.start) or int(high) >= int(space.start + space.n):
                     raise ValueError(
-                        f"{self.env_id}: actions must lie in [{int(space.start)}, {int(space.start + space.n) - 1}], "
-                        f"got values in [{int(low)}, {int(high)}]"
+                        f"{self.env_id}: actions must lie in [{int(space.start)}, "
+                        f"{int(space.start + space.n) - 1}], got values in [{int(low)}, {int(high)}]"
                     )
         elif not actions.is_floating_point():
-            raise TypeError(f"{self.env_id}: continuous actions must have a floating dtype, got {actions.dtype}")
+            raise TypeError(
+                f"{self.env_id}: continuous actions must have a floating dtype, got {actions.dtype}"
+            )
         return actions
 
     def close_extras(self, **kwargs: Any) -> None:
