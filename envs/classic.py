@@ -305,7 +305,10 @@ class MountainCarContinuousEnv(MountainCarEnv):
             (position == self.min_position) & (velocity < 0), torch.zeros_like(velocity), velocity
         )
         terminated = (position >= self.goal_position) & (velocity >= self.goal_velocity)
-        reward = terminated.to(torch.float32) * 100.0 - raw.square() * 0.1
+        # Gymnasium's reward is a Python float: 100 [terminated] - math.pow(a, 2) * 0.1 in double.
+        reward = (terminated.to(torch.float64) * 100.0 - raw.to(torch.float64).square() * 0.1).to(
+            torch.float32
+        )
         return torch.stack((position, velocity)), reward, terminated
 
 
