@@ -173,7 +173,9 @@ class TorchVecEnv(VectorEnv):
         self._state = torch.zeros(k, n, dtype=dtype, device=dev)
         self._elapsed = torch.zeros(n, dtype=torch.int32, device=dev)
         # NEXT_STEP: copies that ended on the previous step and are reset on this one.
-        self._prev_done = torch.zeros(n, dtype=torch.bool, device=dev)
+        # Flags cross the compiled kernel as uint8 (viewed as bool outside): inductor's CPU code stores and
+        # loads bool arrays element by element but uint8 ones as vectors.
+        self._prev_done = torch.zeros(n, dtype=torch.uint8, device=dev)
         self._episode_return = torch.zeros(n, dtype=torch.float32, device=dev)
         self._episode_length = torch.zeros(n, dtype=torch.int32, device=dev)
         self._lane_key = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -241,7 +243,7 @@ class TorchVecEnv(VectorEnv):
         elapsed = self._elapsed + 1
         if mode == AutoresetMode.NEXT_STEP:
             # Copies that ended last step are reset now: their action is ignored, reward 0, flags False.
-            resetting = self._prev_done
+            resetting = self._prev_done != 0
             next_state = torch.where(
                 resetting.unsqueeze(0), self._reset_states(self._uniform(self._reset_count)), next_state
             )
@@ -253,7 +255,7 @@ class TorchVecEnv(VectorEnv):
             episode_return = torch.where(resetting, torch.zeros_like(reward), self._episode_return + reward)
             episode_length = torch.where(resetting, torch.zeros_like(elapsed), self._episode_length + 1)
             done = terminated | truncated
-            self._prev_done.copy_(done)
+            self._prev_done.copy_(done.to(torch.uint8))
             obs = self._observe(next_state)
             final_obs = obs
         elif mode == AutoresetMode.SAME_STEP:
@@ -284,7 +286,8 @@ class TorchVecEnv(VectorEnv):
         else:
             self._episode_return.copy_(episode_return)
             self._episode_length.copy_(episode_length)
-        return obs, reward, terminated, truncated, final_obs, episode_return, episode_length
+        flags = (terminated.to(torch.uint8), truncated.to(torch.uint8))
+        return obs, reward, *flags, final_obs, episode_return, episode_length
 
     # ------------------------------------------------------------------ public API
     @property
@@ -366,7 +369,7 @@ class TorchVecEnv(VectorEnv):
         self._state.copy_(torch.where(mask.unsqueeze(0), fresh, self._state))
         self._reset_count.add_(mask.to(torch.int64))
         self._elapsed.masked_fill_(mask, 0)
-        self._prev_done.masked_fill_(mask, False)
+        self._prev_done.masked_fill_(mask, 0)
         self._episode_return.masked_fill_(mask, 0.0)
         self._episode_length.masked_fill_(mask, 0)
 
@@ -378,6 +381,7 @@ class TorchVecEnv(VectorEnv):
             raise RuntimeError(f"{self.env_id}: call reset() before step()")
         actions = self._check_actions(actions)
         obs, reward, terminated, truncated, final_obs, ep_return, ep_length = self._transition(actions)
+        terminated, truncated = terminated.view(torch.bool), truncated.view(torch.bool)
         done = terminated | truncated
         info: dict[str, Any] = {"episode": {"r": ep_return, "l": ep_length}, "_episode": done}
         if self.autoreset_mode == AutoresetMode.SAME_STEP:
