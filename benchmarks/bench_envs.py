@@ -69,8 +69,10 @@ def time_steps(step: Callable[[int], Any], seconds: float, num_envs: int, sync: 
     return num_envs / best
 
 
-def bench_ours(env_id: str, n: int, device: str, compile: bool, seconds: float) -> tuple[float, float]:
-    env = envs.make(env_id, num_envs=n, device=device, seed=0, compile=compile)
+def bench_ours(
+    env_id: str, n: int, device: str, compile: bool, seconds: float, dtype: torch.dtype | None = None
+) -> tuple[float, float]:
+    env = envs.make(env_id, num_envs=n, device=device, seed=0, compile=compile, dtype=dtype)
     env.reset()
     space = env.single_action_space
     gen = torch.Generator(device=device).manual_seed(0)
@@ -149,11 +151,15 @@ def main() -> None:
     parser.add_argument(
         "--max-async", type=int, default=64, help="largest gym-async batch (one process each)"
     )
+    parser.add_argument(
+        "--dtype", choices=["default", "float32", "float64"], default="default", help="physics dtype"
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile path")
     parser.add_argument("--no-peers", action="store_true", help="only our envs")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    dtype = None if args.dtype == "default" else getattr(torch, args.dtype)
     sizes = [s for s in args.sizes if args.max_size is None or s <= args.max_size]
     try:
         import envpool  # noqa: F401
@@ -164,7 +170,8 @@ def main() -> None:
         print("envpool not installed: its column is skipped (pip install envpool)")
     print(
         f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
-        f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} envpool_threads={args.envpool_threads}"
+        f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} envpool_threads={args.envpool_threads} "
+        f"dtype={args.dtype}"
     )
     header = (
         f"{'env':26s} {'N':>6s} {'eager':>8s} {'compiled':>9s} {'gym-sync':>9s} {'gym-async':>9s} "
@@ -174,8 +181,10 @@ def main() -> None:
     print(header)
     for env_id in args.envs:
         for n in sizes:
-            eager, mem_ours = bench_ours(env_id, n, args.device, False, args.seconds)
-            comp = None if args.no_compile else bench_ours(env_id, n, args.device, True, args.seconds)[0]
+            eager, mem_ours = bench_ours(env_id, n, args.device, False, args.seconds, dtype)
+            comp = (
+                None if args.no_compile else bench_ours(env_id, n, args.device, True, args.seconds, dtype)[0]
+            )
             sync = (
                 bench_gym(env_id, n, "sync", args.seconds)
                 if not args.no_peers and n <= args.max_sync

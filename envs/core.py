@@ -164,6 +164,11 @@ class TorchVecEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.render_mode = None
+        space = self.single_action_space
+        self._action_shape = torch.Size((num_envs, *(space.shape or ())))
+        self._action_range: tuple[int, int] | None = None
+        if isinstance(space, gym.spaces.Discrete):
+            self._action_range = (int(space.start), int(space.start + space.n) - 1)
         self.compiled = compile
 
         n, k, dev = num_envs, len(self.state_names), self.device
@@ -228,15 +233,12 @@ class TorchVecEnv(VectorEnv):
         return ((bits.to(torch.float64) + 0.5) * (1.0 / 2**32)).to(self.dtype)
 
     # ------------------------------------------------------------------ the step, as one pure-ish function
-    def _transition_eager(
-        self, actions: torch.Tensor
-    ) -> tuple[
-        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
-    ]:
+    def _transition_eager(self, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Advance every copy once and update the buffers in place.
 
-        Returns (obs, reward, terminated, truncated, final_obs, episode_return, episode_length); the
-        episode statistics are those of the episodes that end now (masked by terminated | truncated).
+        Returns (obs, reward, terminated, truncated, done, final_obs, episode_return, episode_length),
+        the three flags as uint8; the episode statistics are those of the episodes that end now (masked
+        by done = terminated | truncated).
         """
         state, mode = self._state, self.autoreset_mode
         next_state, reward, terminated = self._dynamics(state, actions)
@@ -286,7 +288,7 @@ class TorchVecEnv(VectorEnv):
         else:
             self._episode_return.copy_(episode_return)
             self._episode_length.copy_(episode_length)
-        flags = (terminated.to(torch.uint8), truncated.to(torch.uint8))
+        flags = (terminated.to(torch.uint8), truncated.to(torch.uint8), done.to(torch.uint8))
         return obs, reward, *flags, final_obs, episode_return, episode_length
 
     # ------------------------------------------------------------------ public API
@@ -380,9 +382,12 @@ class TorchVecEnv(VectorEnv):
         if self._needs_reset:
             raise RuntimeError(f"{self.env_id}: call reset() before step()")
         actions = self._check_actions(actions)
-        obs, reward, terminated, truncated, final_obs, ep_return, ep_length = self._transition(actions)
-        terminated, truncated = terminated.view(torch.bool), truncated.view(torch.bool)
-        done = terminated | truncated
+        obs, reward, terminated, truncated, done, final_obs, ep_return, ep_length = self._transition(actions)
+        terminated, truncated, done = (
+            terminated.view(torch.bool),
+            truncated.view(torch.bool),
+            done.view(torch.bool),
+        )
         info: dict[str, Any] = {"episode": {"r": ep_return, "l": ep_length}, "_episode": done}
         if self.autoreset_mode == AutoresetMode.SAME_STEP:
             info["final_obs"] = final_obs
@@ -399,25 +404,24 @@ class TorchVecEnv(VectorEnv):
                 f"{self.env_id}: actions must be a torch.Tensor on {self.device}, "
                 f"got {type(actions).__name__}"
             )
-        space = self.single_action_space
-        expected_shape = (self.num_envs, *(space.shape or ()))
-        if tuple(actions.shape) != expected_shape:
+        if actions.shape != self._action_shape:
             raise ValueError(
-                f"{self.env_id}: actions must have shape {expected_shape}, got {tuple(actions.shape)}"
+                f"{self.env_id}: actions must have shape {tuple(self._action_shape)}, "
+                f"got {tuple(actions.shape)}"
             )
         if actions.device != self.device:
             raise ValueError(f"{self.env_id}: actions must be on {self.device}, got {actions.device}")
-        if isinstance(space, gym.spaces.Discrete):
+        if self._action_range is not None:
             if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool:
                 raise TypeError(
                     f"{self.env_id}: discrete actions must have an integer dtype, got {actions.dtype}"
                 )
             if self.validate_actions:
-                low, high = torch.aminmax(actions)
-                if int(low) < int(space.start) or int(high) >= int(space.start + space.n):
+                first, last = self._action_range
+                low, high = (int(v) for v in torch.aminmax(actions))
+                if low < first or high > last:
                     raise ValueError(
-                        f"{self.env_id}: actions must lie in [{int(space.start)}, "
-                        f"{int(space.start + space.n) - 1}], got values in [{int(low)}, {int(high)}]"
+                        f"{self.env_id}: actions must lie in [{first}, {last}], got values in [{low}, {high}]"
                     )
         elif not actions.is_floating_point():
             raise TypeError(
