@@ -124,3 +124,16 @@ def test_whole_episodes_match_gymnasium(env_id: str) -> None:
     for i in range(n):
         assert agree_steps[i] >= min(min_agree, env.max_episode_steps), (env_id, i, agree_steps)
     print(f"{env_id}: steps in agreement per copy {agree_steps.tolist()}")
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_spaces_and_time_limits_equal_gymnasium(env_id: str) -> None:
+    ref = gym.make(env_id)
+    env = envs.make(env_id, num_envs=3)
+    assert env.single_observation_space == ref.observation_space
+    assert env.single_action_space == ref.action_space
+    assert env.single_observation_space.dtype == ref.observation_space.dtype
+    assert env.max_episode_steps == gym.spec(env_id).max_episode_steps
+    ref.reset(seed=0)
+    assert env.state.shape == (3, np.asarray(ref.unwrapped.state).shape[0])
+    ref.close()
