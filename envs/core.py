@@ -104,7 +104,9 @@ class TorchVecEnv(VectorEnv):
         max_episode_steps: time limit (``None``: the environment's registered default).
         dtype: floating dtype of the physical state (``None``: the environment's default, which is the
             precision Gymnasium's class computes in).
-        compile: run the step through ``torch.compile`` (fused kernel); ``False`` keeps the eager path.
+        compile: compile the step with TorchInductor into one fused kernel (traced once at construction,
+            which takes seconds); ``False`` keeps the eager path, the reference for debugging. Both
+            update the state buffers in place and draw no random numbers from a stateful generator.
         validate_actions: check that discrete actions are in range (raises ``ValueError``); reading the
             check's result is a host synchronisation on accelerators, so the default is True on CPU and
             False elsewhere. Shape, dtype and device are always checked (metadata only).
@@ -340,7 +342,11 @@ class TorchVecEnv(VectorEnv):
     # ------------------------------------------------------------------ public API
     @property
     def state(self) -> torch.Tensor:
-        """A copy of the physical state, ``(num_envs, k)``, in Gymnasium's ``unwrapped.state`` layout."""
+        """A copy of the physical state, ``(num_envs, k)``, in Gymnasium's ``unwrapped.state`` layout.
+
+        Writable (``env.state = states``) to start copies from chosen states; with NEXT_STEP autoreset, a
+        copy that ended on the last step is still reset on the next one.
+        """
         return self._state.T.contiguous()
 
     @state.setter
