@@ -1,0 +1,315 @@
+"""``StepSizeOptimizer``: the thin ``torch.optim`` face shared by every rlopt optimizer.
+
+An optimizer is a step-size rule (:mod:`rlopt.rules`) composed with a direction (:mod:`rlopt.directions`)
+and an optional envelope (:mod:`rlopt.envelope`). This class owns what they have in common: the closure
+protocol (:mod:`rlopt.closure`), non-finite handling, the backtracking loop, ``stats`` and ``state_dict``.
+
+**One global step size.** The step size is a single scalar over all parameter groups, chosen from the loss
+and the global ``||g||^2`` (a line search evaluates the whole model at once, so per-group searches would be
+meaningless). The rule's hyperparameters are therefore shared: every group must carry the same values; a
+group that sets a different one is rejected by :meth:`add_param_group`.
+
+**Parameters are moved in place.** A trial sets ``w <- w - eta d`` by adding the difference to the previous
+trial: no copy of the parameters or of the gradients is made per step. The accepted point therefore equals
+``w_k - eta d_k`` up to floating-point rounding, and the sufficient-decrease test is made at exactly the
+parameters that are kept.
+
+**Failure is designed.** A non-finite loss, gradient (or caller-supplied ``value``) skips the step:
+parameters and state are untouched, ``stats["skipped"]`` counts it, and a ``RuntimeWarning`` is issued once
+per optimizer. A trial whose loss is not finite counts as rejected. A search that rejects
+``max_backtracks + 1`` trials restores the parameters, takes no step (step size 0), leaves the rule's state
+as it was and counts ``stats["failures"]``; the reference code instead takes a silent step of 1e-6.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from rlopt.closure import Closure, RngSnapshot, preserve_running_stats
+from rlopt.directions import Direction, DirectionStep, squared_norm
+from rlopt.rules.base import Proposal, RuleState, SearchResult, StepInfo, StepSizeRule
+
+__all__ = ["StepSizeOptimizer"]
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+
+class StepSizeOptimizer(torch.optim.Optimizer):
+    """Base class of the rlopt optimizers (see the module docstring for the shared behaviour).
+
+    Subclasses pass a rule, a direction and validated ``defaults``; they implement nothing else but
+    :meth:`_validate_group` and their constructor.
+
+    Attributes:
+        stats: updated after every call to :meth:`step`: ``step_size`` (0 when no step was taken),
+            ``backtracks``, ``loss``, ``grad_norm``, ``forward_calls`` (closure evaluations in this step),
+            ``accepted_loss`` (the loss at the accepted trial, NaN without a search), ``slope`` (``g^T d``,
+            the slope of the sufficient-decrease test; ``grad_norm**2`` for ``d = g``), ``skipped`` (cumulative
+            non-finite steps), ``failures`` (cumulative searches without an accepted trial), ``steps``
+            (cumulative steps taken, the envelope's ``k``).
+        rule_state: the step-size rule's state (saved in ``state_dict`` under ``"rule_state"``).
+    """
+
+    requires_closure: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        params: ParamsT,
+        defaults: dict[str, Any],
+        rule: StepSizeRule,
+        direction: Direction,
+    ) -> None:
+        self.rule = rule
+        self.direction = direction
+        super().__init__(params, defaults)
+        self.rule_state: RuleState = rule.init_state(self.param_groups[0])
+        self.stats: dict[str, float] = {
+            "step_size": 0.0,
+            "backtracks": 0,
+            "loss": math.nan,
+            "grad_norm": math.nan,
+            "forward_calls": 0,
+            "accepted_loss": math.nan,
+            "slope": math.nan,
+            "skipped": 0,
+            "failures": 0,
+            "steps": 0,
+        }
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ validation and groups
+    @classmethod
+    def _validate_group(cls, group: dict[str, Any]) -> None:
+        """Raise ValueError for an invalid hyperparameter in ``group`` (overridden by subclasses)."""
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate_group(group)
+        first = self.param_groups[0]
+        for key in self.defaults:
+            if group[key] is not first[key] and group[key] != first[key]:
+                raise ValueError(
+                    f"Invalid {key} in param group {len(self.param_groups) - 1}: {group[key]!r}; "
+                    f"{type(self).__name__} uses one global step size, so every group must share the "
+                    f"step-size hyperparameters (group 0 has {key}={first[key]!r})"
+                )
+
+    # ------------------------------------------------------------------ state_dict
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["rule_state"] = dict(self.rule_state)
+        state["stats"] = dict(self.stats)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        rule_state = state_dict.pop("rule_state", None)
+        stats = state_dict.pop("stats", None)
+        if rule_state is None:
+            raise ValueError(f"state_dict has no 'rule_state': it was not saved by a {type(self).__name__}")
+        super().load_state_dict(state_dict)
+        self.rule_state = dict(rule_state)
+        if stats is not None:
+            self.stats = dict(stats)
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def _reduce(self, values: Tensor) -> Tensor:
+        """All-reduce seam: average the step's scalars across data-parallel ranks.
+
+        ``values`` holds the quantities every decision is made from (minibatch losses, ``||g||^2``,
+        ``g^T d``). A single process returns them unchanged; a data-parallel subclass all-reduces them
+        (mean) so every rank takes the same step.
+        """
+        return values
+
+    # ------------------------------------------------------------------ the step
+    def _warn_once(self, key: str, message: str, stacklevel: int) -> None:
+        # stacklevel points at the caller of step() (torch wraps step in one extra frame)
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+
+    def _params_with_grad(self) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
+        params, grads, states = [], [], []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                params.append(p)
+                grads.append(p.grad)
+                states.append(self.state[p])
+        return params, grads, states
+
+    def _cuda_devices(self) -> list[int]:
+        return sorted(
+            {p.device.index or 0 for g in self.param_groups for p in g["params"] if p.device.type == "cuda"}
+        )
+
+    def _first_evaluation(self, closure: Closure) -> Tensor:
+        self.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = closure()
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise TypeError(
+                f"closure must return the loss as a scalar tensor, got {type(loss).__name__}"
+                + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
+            )
+        if any(p.grad is not None for g in self.param_groups for p in g["params"]):
+            raise RuntimeError(
+                "closure must return the loss without calling backward(): the optimizer computes the "
+                "gradient itself and re-evaluates the closure without gradients at trial points"
+            )
+        if not loss.requires_grad:
+            raise RuntimeError(
+                "the loss returned by closure does not require grad: build it from the optimizer's "
+                "parameters, with gradients enabled"
+            )
+        loss.backward()
+        return loss
+
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], Tensor] | None = None,
+        *,
+        loss: Tensor | float | None = None,
+        value: float | None = None,
+    ) -> Tensor | None:
+        """Take one step; see :mod:`rlopt.closure` for the protocol.
+
+        Args:
+            closure: returns the minibatch loss without calling ``backward()``.
+            loss: the minibatch loss whose gradient the caller already computed (rules without a search).
+            value: an objective estimate for rules that need one (the return estimate of PolyakPG).
+
+        Returns:
+            The loss at the current iterate (the first evaluation of ``closure``, or ``loss``).
+        """
+        name = type(self).__name__
+        if (closure is None) == (loss is None):
+            raise ValueError(f"{name}.step needs exactly one of closure=... or loss=..., got "
+                             + ("both" if closure is not None else "neither"))
+        if closure is None and self.rule.needs_closure:
+            raise ValueError(
+                f"{name} evaluates the loss at trial points and needs a closure: call step(closure) with a "
+                "closure that returns the minibatch loss without calling backward()"
+            )
+        snapshot = RngSnapshot(self._cuda_devices()) if self.rule.needs_closure else None
+        if closure is not None:
+            loss_t = self._first_evaluation(closure)
+        else:
+            loss_t = loss if isinstance(loss, Tensor) else torch.tensor(float(loss))  # type: ignore[arg-type]
+
+        params, grads, states = self._params_with_grad()
+        grad_sq_t = squared_norm(grads)
+        scalars = torch.stack([loss_t.detach().to(grad_sq_t.device, torch.float64).reshape(()), grad_sq_t])
+        loss_v, grad_sq = self._reduce(scalars).tolist()
+        self.stats.update(loss=loss_v, grad_norm=math.sqrt(grad_sq) if grad_sq >= 0 else math.nan,
+                          forward_calls=int(closure is not None), backtracks=0, accepted_loss=math.nan,
+                          slope=math.nan)
+        if not (math.isfinite(loss_v) and math.isfinite(grad_sq) and math.isfinite(value or 0.0)):
+            self.stats["skipped"] += 1
+            self.stats["step_size"] = 0.0
+            self._warn_once(
+                "nonfinite",
+                f"{name}: non-finite loss ({loss_v}), gradient norm^2 ({grad_sq}) or value ({value}); the "
+                "step was skipped and parameters and state are unchanged (counted in stats['skipped']; "
+                "warned once)",
+                stacklevel=3,
+            )
+            return loss_t
+
+        with torch.no_grad():
+            result, info, k = self._take_step(closure, snapshot, params, grads, states, loss_v, grad_sq, value)
+        self.rule.update(self.param_groups[0], self.rule_state, info, result)
+        self.stats["steps"] = k + 1
+        self.stats["step_size"] = result.step_size
+        self.stats["backtracks"] = result.backtracks
+        return loss_t
+
+    def _take_step(
+        self,
+        closure: Closure | None,
+        snapshot: RngSnapshot | None,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        loss_v: float,
+        grad_sq: float,
+        value: float | None,
+    ) -> tuple[SearchResult, StepInfo, int]:
+        hp = self.param_groups[0]
+        k = int(self.stats["steps"])
+        ds = self.direction.prepare(grads, states, hp, k + 1)
+        slope = grad_sq if ds.slope is None else float(self._reduce(ds.slope.reshape(1))[0])
+        info = StepInfo(loss=loss_v, grad_sq=grad_sq, slope=slope, step=k, value=value)
+        self.stats["slope"] = slope
+        proposal = self.rule.propose(hp, self.rule_state, info)
+        eta0 = proposal.step_size
+        envelope = hp.get("envelope")
+        if envelope is not None:
+            eta0 = min(eta0, float(envelope(k)))
+
+        if slope <= 0.0 or eta0 <= 0.0:
+            result = SearchResult(0.0, 0, accepted=False, searched=False)
+        elif proposal.reference is None:
+            torch._foreach_add_(params, ds.direction, alpha=-eta0)
+            result = SearchResult(eta0, 0, accepted=True, searched=False)
+        else:
+            assert closure is not None and snapshot is not None
+            result = self._backtrack(closure, snapshot, params, ds, proposal, eta0, slope, hp)
+
+        if result.step_size > 0.0:
+            self.direction.finish(params, grads, states, hp, ds, result.step_size)
+        return result, info, k
+
+    def _backtrack(
+        self,
+        closure: Closure,
+        snapshot: RngSnapshot,
+        params: list[Tensor],
+        ds: DirectionStep,
+        proposal: Proposal,
+        eta0: float,
+        slope: float,
+        hp: dict[str, Any],
+    ) -> SearchResult:
+        assert proposal.reference is not None
+        max_backtracks = int(hp["max_backtracks"])
+        decrease = proposal.c * slope
+        eta, moved, accepted, j = eta0, 0.0, False, 0
+        # Same batch and same random numbers at every trial, or the test compares different functions.
+        with snapshot.forked(), preserve_running_stats(), torch.no_grad():
+            for j in range(max_backtracks + 1):
+                torch._foreach_add_(params, ds.direction, alpha=moved - eta)
+                moved = eta
+                snapshot.restore()
+                trial = closure()
+                self.stats["forward_calls"] += 1
+                trial_v = float(self._reduce(trial.detach().to(torch.float64).reshape(1))[0])
+                if math.isfinite(trial_v) and trial_v <= proposal.reference - eta * decrease:
+                    accepted = True
+                    self.stats["accepted_loss"] = trial_v
+                    break
+                if j < max_backtracks:
+                    eta *= proposal.shrink
+            if not accepted:
+                torch._foreach_add_(params, ds.direction, alpha=moved)
+        if not accepted:
+            self.stats["failures"] += 1
+            self._warn_once(
+                "failure",
+                f"{type(self).__name__}: no trial satisfied the sufficient-decrease test after "
+                f"{max_backtracks} backtracks; no step was taken (counted in stats['failures']; warned once)",
+                stacklevel=5,
+            )
+            return SearchResult(0.0, j, accepted=False, searched=True)
+        return SearchResult(eta, j, accepted=True, searched=True)

@@ -1,0 +1,19 @@
+"""Step-size rules: small objects over explicit state, composed with a direction by the optimizers."""
+
+from rlopt.rules.armijo import ArmijoRule
+from rlopt.rules.base import Proposal, RuleState, SearchResult, StepInfo, StepSizeRule
+from rlopt.rules.nonmonotone import NonmonotoneRule
+from rlopt.rules.policy_polyak import PolicyPolyakRule
+from rlopt.rules.polyak import PolyakRule
+
+__all__ = [
+    "ArmijoRule",
+    "NonmonotoneRule",
+    "PolicyPolyakRule",
+    "PolyakRule",
+    "Proposal",
+    "RuleState",
+    "SearchResult",
+    "StepInfo",
+    "StepSizeRule",
+]

@@ -1,0 +1,80 @@
+"""The interface every step-size rule implements: a small object over an explicit, serialisable state.
+
+A rule never touches tensors. Given the scalars of the current step (:class:`StepInfo`) it proposes a step
+size and, for line searches, the reference value and constant of the sufficient-decrease test
+(:class:`Proposal`); after the optimizer has searched, :meth:`StepSizeRule.update` folds the outcome
+(:class:`SearchResult`) into the state. The state is a flat ``dict`` of Python numbers, saved in the
+optimizer's ``state_dict``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+RuleState = dict[str, Any]
+
+__all__ = ["Proposal", "RuleState", "SearchResult", "StepInfo", "StepSizeRule"]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Scalars of one step, all computable from all-reducible quantities.
+
+    Attributes:
+        loss: minibatch loss ``f_k(w_k)``.
+        grad_sq: ``||g_k||^2``.
+        slope: ``g_k^T d_k`` (equal to ``grad_sq`` for the SGD direction).
+        step: number of previous non-skipped steps ``k``.
+        value: an extra objective estimate supplied by the caller (the return estimate for PolyakPG).
+    """
+
+    loss: float
+    grad_sq: float
+    slope: float
+    step: int
+    value: float | None = None
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A rule's proposal for one step.
+
+    ``reference is None`` means "take ``step_size`` without a search". Otherwise the optimizer backtracks
+    ``eta <- shrink * eta`` from ``step_size`` until ``f(w - eta d) <= reference - c * eta * slope``.
+    """
+
+    step_size: float
+    reference: float | None = None
+    c: float = 0.0
+    shrink: float = 1.0
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Outcome of a step: the step size taken (0 for none), backtracks made, and whether a trial passed."""
+
+    step_size: float
+    backtracks: int
+    accepted: bool
+    searched: bool
+
+
+class StepSizeRule(ABC):
+    """A step-size rule. Hyperparameters come in ``hp`` (the optimizer's first param group)."""
+
+    #: whether the rule re-evaluates the loss at trial points (a line search)
+    needs_closure: bool = False
+
+    @abstractmethod
+    def init_state(self, hp: dict[str, Any]) -> RuleState:
+        """The state before the first step."""
+
+    @abstractmethod
+    def propose(self, hp: dict[str, Any], state: RuleState, info: StepInfo) -> Proposal:
+        """Propose the step of this iteration; must not modify ``state``."""
+
+    def update(self, hp: dict[str, Any], state: RuleState, info: StepInfo, result: SearchResult) -> None:
+        """Fold the outcome of the step into ``state`` (default: nothing)."""
+        return None
