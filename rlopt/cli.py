@@ -1,9 +1,13 @@
 """The ``rlopt`` command line: the one place that sees every layer (each subcommand imports lazily).
 
-    rlopt bench optim    tuning-free step sizes vs tuned SGD/Adam on bundled datasets (table, PNG, TensorBoard)
-    rlopt plot RUN_DIR   plot the TensorBoard scalars of a run directory to a PNG
+    rlopt train [ALGO] [ENV]   train a policy-gradient agent (default: PPO on batched CartPole-v1)
+    rlopt bilevel PROBLEM      solve a bilevel problem with BiSLS/BiSPS (or SGD/Adam) step sizes
+    rlopt rema                 train ReMA's meta-thinker and reasoner on a verifiable reasoning task
+    rlopt bench optim          tuning-free step sizes vs tuned SGD/Adam on bundled datasets
+    rlopt plot RUN_DIR         plot the TensorBoard scalars of a run directory to a PNG
 
-Every subcommand documents its options under ``--help``.
+Every subcommand documents its options under ``--help``. ``train``, ``bilevel`` and ``rema`` hand their
+arguments to the package that implements them, imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -48,11 +52,36 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delegate(command: str, argv: list[str]) -> int:
+    """Run a subcommand implemented by another package (imported here, lazily)."""
+    if command == "train":
+        from agents.cli import train_main
+
+        return train_main(argv)
+    if command == "bilevel":
+        from bilevel.cli import main as bilevel_main
+
+        return bilevel_main(argv)
+    from agents.rema.cli import main as rema_main
+
+    return rema_main(argv)
+
+
+#: subcommands whose parser lives in the package that implements them: name -> one-line help
+DELEGATED = {
+    "train": "train a policy-gradient agent (PPO, A2C, REINFORCE/GPOMDP) with any step-size rule",
+    "bilevel": "solve a bilevel problem (hyper-cleaning, regularization, ...) with BiSLS/BiSPS step sizes",
+    "rema": "train ReMA: a meta-thinking agent and a reasoning agent, by multi-agent RL",
+}
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlopt", description="Tuning-free step sizes for PyTorch: benchmarks, training and plots.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in DELEGATED.items():
+        sub.add_parser(name, help=f"{text} (see rlopt {name} --help)", add_help=False)
 
     bench = sub.add_parser("bench", help="run a benchmark")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
@@ -86,8 +115,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rlopt`` command."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in DELEGATED:
+        return _delegate(args_list[0], args_list[1:])
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
 
