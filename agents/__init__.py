@@ -1,1 +1,9 @@
-"""Policy-gradient agents with the stable-baselines3 API and any rlopt step size."""
+"""Policy-gradient agents with the stable-baselines3 API and any rlopt step size.
+
+``agents.PPO``, ``agents.A2C`` and ``agents.REINFORCE`` are stable-baselines3 ``BaseAlgorithm`` subclasses:
+SB3's ``evaluate_policy``, callbacks, logger and zip save/load work unchanged.
+"""
+
+from agents.ppo import PPO
+
+__all__ = ["PPO"]
