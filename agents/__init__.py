@@ -4,6 +4,8 @@
 SB3's ``evaluate_policy``, callbacks, logger and zip save/load work unchanged.
 """
 
+from agents.a2c import A2C
 from agents.ppo import PPO
+from agents.reinforce import REINFORCE
 
-__all__ = ["PPO"]
+__all__ = ["A2C", "PPO", "REINFORCE"]

@@ -304,6 +304,10 @@ class OnPolicyAgent(BaseAlgorithm):
         self._ep_return = torch.zeros(n, device=self.device)
         self._ep_length = torch.zeros(n, dtype=torch.long, device=self.device)
         self._last_episode_starts = torch.zeros(n, dtype=torch.bool, device=self.device)  # type: ignore[assignment]
+        self._on_env_reset()
+
+    def _on_env_reset(self) -> None:
+        """Hook for algorithms that carry per-env state across rollouts (called after every env reset)."""
 
     def collect_rollouts(self, callback: BaseCallback) -> bool:
         """Fill the rollout buffer with ``n_steps`` steps of every env; False if a callback stopped training.
@@ -327,6 +331,7 @@ class OnPolicyAgent(BaseAlgorithm):
             out = stepper.step(policy.env_actions(actions))
             dones = out.terminated | out.truncated
             # episode bookkeeping as masked arithmetic: no host sync per step
+            buf.episode_steps[step] = self._ep_length
             self._ep_return += out.reward
             self._ep_length += 1 if out.valid is None else out.valid.long()
             ended_return[step] = self._ep_return

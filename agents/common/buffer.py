@@ -139,6 +139,8 @@ class RolloutBuffer:
         self.valid = torch.ones(shape, dtype=torch.bool, device=self.device)
         self.advantages = torch.zeros(shape, **f32)
         self.returns = torch.zeros(shape, **f32)
+        # index of each transition within its episode (0 at an episode's first step)
+        self.episode_steps = torch.zeros(shape, dtype=torch.long, device=self.device)
         # where next_values already holds V(true final observation) of a truncated episode
         self._final_set = torch.zeros(shape, dtype=torch.bool, device=self.device)
 

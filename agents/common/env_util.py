@@ -226,7 +226,8 @@ def _batched_env_ids() -> set[str]:
 
 
 def make_env_from_id(env_id: str, n_envs: int, device: torch.device, seed: int | None) -> gym.vector.VectorEnv:
-    """A batched :mod:`envs` env when ``env_id`` is one (on ``device``), else Gymnasium's same-step vector env."""
+    """A batched :mod:`envs` env when ``env_id`` is one (on ``device``), else Gymnasium's vector env: its
+    batched implementation when the id has one (CartPole-v1), else a same-step ``SyncVectorEnv``."""
     if n_envs <= 0:
         raise ValueError(f"n_envs must be positive, got {n_envs}")
     if env_id in _batched_env_ids():
@@ -241,6 +242,9 @@ def make_env_from_id(env_id: str, n_envs: int, device: torch.device, seed: int |
             f"Unknown env id: {env_id!r}; expected a batched env in {sorted(_batched_env_ids())} or a registered "
             "Gymnasium id"
         )
+    if gym.spec(env_id).vector_entry_point is not None:
+        # Gymnasium's own batched implementation (numpy, one array op for all copies; next-step autoreset)
+        return gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point")
     return gym.make_vec(
         env_id, num_envs=n_envs, vectorization_mode="sync", vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}
     )
