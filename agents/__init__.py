@@ -5,7 +5,8 @@ SB3's ``evaluate_policy``, callbacks, logger and zip save/load work unchanged.
 """
 
 from agents.a2c import A2C
+from agents.common.env_util import make_eval_env
 from agents.ppo import PPO
 from agents.reinforce import REINFORCE
 
-__all__ = ["A2C", "PPO", "REINFORCE"]
+__all__ = ["A2C", "PPO", "REINFORCE", "make_eval_env"]

@@ -13,6 +13,7 @@ autoreset, where the step after an episode end only resets the env).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
@@ -156,8 +158,14 @@ class VectorEnvToSB3(VecEnv):
     Observations and rewards are converted to numpy; an episode end stores ``terminal_observation`` and
     ``TimeLimit.truncated`` in the infos as SB3's ``DummyVecEnv`` does. The agents never step through this
     face (they use the tensors directly); it serves SB3 code that expects a ``VecEnv`` (callbacks,
-    ``evaluate_policy``). A next-step env cannot give SB3's same-step semantics, so stepping it here
-    raises.
+    ``evaluate_policy``). Like SB3's ``Monitor`` it reports ``info["episode"]`` (return, length, time) at
+    every episode end, so ``evaluate_policy`` counts whole episodes.
+
+    A next-step env (Gymnasium's default) cannot give SB3's same-step semantics exactly: after an episode
+    end the observation returned is the final one (also in ``terminal_observation``) and the next step only
+    resets that copy (its action is ignored, reward 0). Episode statistics exclude that reset step, so
+    ``evaluate_policy`` results are exact; SB3 algorithms that train on such a face see one extra zero-reward
+    transition per episode. Use a same-step env for them.
     """
 
     def __init__(self, env: gym.vector.VectorEnv) -> None:
@@ -165,23 +173,25 @@ class VectorEnvToSB3(VecEnv):
         self.mode = autoreset_mode(env)
         super().__init__(int(env.num_envs), env.single_observation_space, env.single_action_space)
         self._actions: Any = None
+        self._episode_return = np.zeros(self.num_envs)
+        self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
+        self._t_start = time.time()
+        self._resetting = np.zeros(self.num_envs, dtype=bool)
 
     def reset(self) -> VecEnvObs:
         seed = self._seeds[0] if self._seeds and self._seeds[0] is not None else None
         obs, _ = self.vector_env.reset(seed=seed, options=self._options[0] if self._options else None)
         self._reset_seeds()
         self._reset_options()
+        self._episode_return[:] = 0.0
+        self._episode_length[:] = 0
+        self._resetting[:] = False
         return _numpy(obs)
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = actions
 
     def step_wait(self) -> VecEnvStepReturn:
-        if self.mode != AutoresetMode.SAME_STEP:
-            raise NotImplementedError(
-                "stepping a next-step-autoreset vector env through the SB3 VecEnv interface is not supported; "
-                "create it with autoreset_mode=AutoresetMode.SAME_STEP to evaluate it with SB3 tools"
-            )
         actions = self._actions
         if self._is_torch():
             actions = torch.as_tensor(actions, device=getattr(self.vector_env, "device", None))
@@ -189,13 +199,25 @@ class VectorEnvToSB3(VecEnv):
         obs_np = _numpy(obs)
         term, trunc = _numpy(terminated).astype(bool), _numpy(truncated).astype(bool)
         dones = term | trunc
+        rewards = _numpy(reward).astype(np.float32)
+        self._episode_return += rewards
+        self._episode_length += ~self._resetting  # a next-step reset step is not part of an episode
+        next_step = self.mode == AutoresetMode.NEXT_STEP
+        self._resetting = dones if next_step else np.zeros_like(dones)
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if dones.any():
-            final = info["final_obs"]
+            final = obs_np if next_step else info["final_obs"]
             for i in np.flatnonzero(dones):
                 infos[i]["terminal_observation"] = _numpy(final[i])
                 infos[i]["TimeLimit.truncated"] = bool(trunc[i] and not term[i])
-        return obs_np, _numpy(reward).astype(np.float32), dones, infos
+                infos[i]["episode"] = {
+                    "r": float(self._episode_return[i]),
+                    "l": int(self._episode_length[i]),
+                    "t": round(time.time() - self._t_start, 6),
+                }
+            self._episode_return[dones] = 0.0
+            self._episode_length[dones] = 0
+        return obs_np, rewards, dones, infos
 
     def _is_torch(self) -> bool:
         return hasattr(self.vector_env, "device")
@@ -213,7 +235,8 @@ class VectorEnvToSB3(VecEnv):
         return [getattr(self.vector_env, method_name)(*method_args, **method_kwargs)]
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: Any = None) -> list[bool]:
-        return [False] * len(list(self._get_indices(indices)))
+        # episode statistics are reported exactly as Monitor reports them (see the class docstring)
+        return [wrapper_class is Monitor] * len(list(self._get_indices(indices)))
 
 
 def _batched_env_ids() -> set[str]:
@@ -290,11 +313,30 @@ def resolve_env(
     if isinstance(env, gym.vector.VectorEnv):
         return to_sb3(env), VectorEnvStepper(env, device)
     if isinstance(env, gym.Env):
-        from stable_baselines3.common.monitor import Monitor
-
         vec = DummyVecEnv([lambda: Monitor(env)])
         return vec, SB3VecEnvStepper(vec, device)
     raise TypeError(
         f"Invalid env: {env!r} (type {type(env).__name__}), expected an env id, a gymnasium.vector.VectorEnv "
         "(e.g. envs.TorchVecEnv), a gymnasium.Env or a stable_baselines3 VecEnv"
     )
+
+
+def make_eval_env(env_id: str, n_envs: int = 1, device: torch.device | str = "cpu", seed: int | None = None) -> VecEnv:
+    """An SB3 ``VecEnv`` for evaluating agents trained on ``env_id`` (``EvalCallback``, ``evaluate_policy``).
+
+    It has SB3's same-step autoreset and the same ``VecEnv`` type as the training env's SB3 face, so
+    ``EvalCallback`` does not warn about differing env types.
+    """
+    if env_id in _batched_env_ids():
+        import envs
+
+        return to_sb3(envs.make(env_id, num_envs=n_envs, device=device, seed=seed))  # type: ignore[attr-defined,unused-ignore]
+    if env_id not in gym.registry:
+        raise ValueError(f"Unknown env id: {env_id!r}")
+    vec = gym.make_vec(
+        env_id, num_envs=n_envs, vectorization_mode="sync", vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}
+    )
+    face = VectorEnvToSB3(vec)
+    if seed is not None:
+        face.seed(seed)
+    return face
