@@ -1,0 +1,438 @@
+"""`TorchVecEnv`: N copies of an environment stepped as one batch of tensor ops on any torch device.
+
+The base class owns everything that is the same for every environment: validation of actions and reset
+options, Gymnasium 1.x autoreset semantics (NEXT_STEP, SAME_STEP, DISABLED), time-limit truncation,
+episode statistics, seeding and the optional ``torch.compile``d step. A concrete environment supplies
+four pure tensor functions: ``_dynamics`` (one physics step), ``_observe`` (state to observation),
+``_reset_states`` (uniform noise to initial states) and its spaces and constants.
+
+Randomness. Initial states are drawn from a counter-based generator: the reset noise of copy ``i`` at its
+``e``-th reset is a hash of ``(key, i, e, component)`` (a 32-bit integer mixer, Wellons' "lowbias32"
+family, with multipliers below 2**31 so every product fits in int64 on every device), where ``key`` is
+drawn from the env's own ``torch.Generator`` when it is seeded. Only the reset counters of copies that
+reset advance; nothing is drawn from a stateful generator inside ``step``, so the step has no host
+synchronisation, compiles into one fused kernel, and gives the same initial states on CPU and CUDA for the
+same seed (integer arithmetic is exact). A copy's initial states depend only on the seed, its index and its
+reset count, not on what the other copies do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+__all__ = ["AUTORESET_MODES", "TorchVecEnv", "parse_autoreset_mode"]
+
+_M32 = 0xFFFFFFFF
+# Odd multipliers below 2**31: x < 2**32 times c < 2**31 stays below 2**63, so int64 never overflows.
+_MUL1 = 0x7FEB352D
+_MUL2 = 0x31848BAB
+_GOLDEN = 0x9E3779B9
+
+AUTORESET_MODES: dict[str, AutoresetMode] = {
+    "next_step": AutoresetMode.NEXT_STEP,
+    "same_step": AutoresetMode.SAME_STEP,
+    "disabled": AutoresetMode.DISABLED,
+}
+
+
+def parse_autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
+    """Return the `AutoresetMode` for an enum member or its name ("next_step", "NextStep", ...).
+
+    Raises:
+        ValueError: for anything else, naming the allowed values.
+    """
+    if isinstance(mode, AutoresetMode):
+        return mode
+    if isinstance(mode, str):
+        key = mode.lower().replace("-", "_")
+        key = {"nextstep": "next_step", "samestep": "same_step"}.get(key, key)
+        if key in AUTORESET_MODES:
+            return AUTORESET_MODES[key]
+    allowed = ", ".join(repr(m) for m in AUTORESET_MODES)
+    raise ValueError(
+        f"Invalid autoreset_mode: {mode!r}, expected a gymnasium AutoresetMode or one of {allowed}"
+    )
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """Bijective 32-bit integer mixer on int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * _MUL1) & _M32
+    x = x ^ (x >> 15)
+    x = (x * _MUL2) & _M32
+    return x ^ (x >> 16)
+
+
+class TorchVecEnv(VectorEnv):
+    """A Gymnasium vector environment whose copies live in tensors on one torch device.
+
+    ``reset(seed=, options=)`` and ``step(actions)`` take and return torch tensors on ``env.device``:
+    observations ``(num_envs, *obs_shape)`` float32, rewards ``(num_envs,)`` float32, terminated and
+    truncated ``(num_envs,)`` bool. ``step`` is a fixed sequence of tensor ops: no Python loop over
+    copies, no host synchronisation, no data-dependent Python branch.
+
+    Autoreset follows Gymnasium 1.x (``metadata["autoreset_mode"]``):
+
+    * ``NEXT_STEP`` (default): the step on which a copy ends returns its final observation; on the next
+      step that copy is reset, its action ignored, and it returns the reset observation with reward 0
+      and terminated = truncated = False.
+    * ``SAME_STEP``: a copy that ends is reset in the same step; the returned observation is the reset
+      one and the final one is in ``info["final_obs"]`` (rows where ``info["_final_obs"]`` is True),
+      ``info["final_info"]`` is ``{}`` with mask ``info["_final_info"]``, as ``SyncVectorEnv`` gives.
+    * ``DISABLED``: no autoreset; reset ended copies with ``reset(options={"reset_mask": mask})``.
+
+    Time limits set ``truncated`` (``elapsed >= max_episode_steps``), never ``terminated``.
+
+    Episode statistics, as Gymnasium's ``RecordEpisodeStatistics`` reports them, come in every step's
+    info: ``info["episode"] = {"r": return, "l": length}`` (tensors of shape ``(num_envs,)``, float32 and
+    int32) valid where ``info["_episode"]`` (= terminated | truncated) is True. The return and length
+    include the step that ended the episode. Wall-clock time ``"t"`` is not tracked on device.
+
+    Args:
+        num_envs: number of copies, >= 1.
+        device: torch device of every tensor.
+        seed: seed of the env's ``torch.Generator``; ``None`` seeds it from OS entropy.
+        autoreset_mode: an ``AutoresetMode`` or "next_step", "same_step", "disabled".
+        max_episode_steps: time limit (``None``: the environment's registered default).
+        dtype: floating dtype of the physical state (``None``: the environment's default, which is the
+            precision Gymnasium's class computes in).
+        compile: run the step through ``torch.compile`` (fused kernel); ``False`` keeps the eager path.
+        validate_actions: check that discrete actions are in range (raises ``ValueError``); reading the
+            check's result is a host synchronisation on accelerators, so the default is True on CPU and
+            False elsewhere. Shape, dtype and device are always checked (metadata only).
+
+    Example:
+        >>> import torch, envs
+        >>> env = envs.make("CartPole-v1", num_envs=8, seed=0)
+        >>> obs, info = env.reset(seed=0)
+        >>> obs, reward, terminated, truncated, info = env.step(torch.ones(8, dtype=torch.long))
+        >>> obs.shape, reward.dtype, terminated.dtype
+        (torch.Size([8, 4]), torch.float32, torch.bool)
+    """
+
+    metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012
+
+    # Filled in by each environment.
+    env_id: ClassVar[str] = ""
+    state_names: ClassVar[tuple[str, ...]] = ()
+    default_max_episode_steps: ClassVar[int] = 0
+    default_dtype: ClassVar[torch.dtype] = torch.float64
+    single_observation_space: gym.spaces.Box
+    single_action_space: gym.spaces.Space[Any]
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        max_episode_steps: int | None = None,
+        dtype: torch.dtype | None = None,
+        compile: bool = False,
+        validate_actions: bool | None = None,
+    ) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"Invalid num_envs: {num_envs!r}, expected an int >= 1")
+        if max_episode_steps is None:
+            max_episode_steps = self.default_max_episode_steps
+        if (
+            isinstance(max_episode_steps, bool)
+            or not isinstance(max_episode_steps, int)
+            or max_episode_steps < 1
+        ):
+            raise ValueError(f"Invalid max_episode_steps: {max_episode_steps!r}, expected an int >= 1")
+        dtype = self.default_dtype if dtype is None else dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"Invalid dtype: {dtype}, expected torch.float32 or torch.float64")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"Invalid seed: {seed!r}, expected an int or None")
+        self.device = torch.device(device)
+        self.num_envs = num_envs
+        self.dtype = dtype
+        self.max_episode_steps = max_episode_steps
+        self.autoreset_mode = parse_autoreset_mode(autoreset_mode)
+        self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
+        self.validate_actions = self.device.type == "cpu" if validate_actions is None else validate_actions
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.render_mode = None
+        self.compiled = compile
+
+        n, k, dev = num_envs, len(self.state_names), self.device
+        self.generator = torch.Generator(device=dev)
+        # Struct-of-arrays layout (k, num_envs): every op runs over contiguous rows of length num_envs,
+        # which is what a fused kernel vectorises; `state` shows Gymnasium's (num_envs, k) layout.
+        self._state = torch.zeros(k, n, dtype=dtype, device=dev)
+        self._elapsed = torch.zeros(n, dtype=torch.int32, device=dev)
+        # NEXT_STEP: copies that ended on the previous step and are reset on this one.
+        self._prev_done = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._episode_return = torch.zeros(n, dtype=torch.float32, device=dev)
+        self._episode_length = torch.zeros(n, dtype=torch.int32, device=dev)
+        self._lane_key = torch.zeros(n, dtype=torch.int64, device=dev)
+        self._reset_count = torch.zeros(n, dtype=torch.int64, device=dev)
+        self._lane_index = torch.arange(n, dtype=torch.int64, device=dev)
+        self._component_offset = (torch.arange(k, dtype=torch.int64, device=dev) * _GOLDEN) & _M32
+        self._needs_reset = True
+        self._transition: Callable[..., tuple[torch.Tensor, ...]] = self._transition_eager
+        if compile:
+            self._transition = torch.compile(self._transition_eager, fullgraph=True, dynamic=False)
+        self._set_seed(seed)
+
+    # ------------------------------------------------------------------ environment-specific (pure)
+    def _dynamics(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One physics step of every copy, state ``(k, num_envs)``: returns (next_state, reward, terminated).
+
+        ``reward`` is float32 and ``terminated`` bool, both of shape ``(num_envs,)``.
+        """
+        raise NotImplementedError
+
+    def _observe(self, state: torch.Tensor) -> torch.Tensor:
+        """Observation (float32, ``(num_envs, *obs_shape)``) of states ``(k, num_envs)``."""
+        raise NotImplementedError
+
+    def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
+        """Initial states ``(k, num_envs)`` from noise ``uniform`` in (0, 1) of the same shape and dtype."""
+        raise NotImplementedError
+
+    def _action_checked(self, actions: torch.Tensor) -> torch.Tensor:
+        """Environment-specific action validation (range of discrete actions); returns the action."""
+        return actions
+
+    # ------------------------------------------------------------------ seeding and noise
+    def _set_seed(self, seed: int | None) -> None:
+        """Reseed the env's generator and derive the per-copy keys of the reset noise."""
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+        key = torch.randint(0, 2**32, (), generator=self.generator, device=self.device, dtype=torch.int64)
+        self._lane_key.copy_(_mix32((key + _mix32(self._lane_index)) & _M32))
+        self._reset_count.zero_()
+
+    def _uniform(self, reset_count: torch.Tensor) -> torch.Tensor:
+        """Noise in (0, 1) for every copy's next reset, shape ``(k, num_envs)``, in the state dtype."""
+        lane = _mix32(self._lane_key ^ (reset_count & _M32))
+        bits = _mix32((lane.unsqueeze(0) + self._component_offset.unsqueeze(1)) & _M32)
+        return ((bits.to(torch.float64) + 0.5) * (1.0 / 2**32)).to(self.dtype)
+
+    # ------------------------------------------------------------------ the step, as one pure-ish function
+    def _transition_eager(
+        self, actions: torch.Tensor
+    ) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+    ]:
+        """Advance every copy once and update the buffers in place.
+
+        Returns (obs, reward, terminated, truncated, final_obs, episode_return, episode_length); the
+        episode statistics are those of the episodes that end now (masked by terminated | truncated).
+        """
+        state, mode = self._state, self.autoreset_mode
+        next_state, reward, terminated = self._dynamics(state, actions)
+        elapsed = self._elapsed + 1
+        if mode == AutoresetMode.NEXT_STEP:
+            # Copies that ended last step are reset now: their action is ignored, reward 0, flags False.
+            resetting = self._prev_done
+            next_state = torch.where(
+                resetting.unsqueeze(0), self._reset_states(self._uniform(self._reset_count)), next_state
+            )
+            reward = torch.where(resetting, torch.zeros_like(reward), reward)
+            terminated = terminated & ~resetting
+            elapsed = torch.where(resetting, torch.zeros_like(elapsed), elapsed)
+            truncated = (elapsed >= self.max_episode_steps) & ~resetting
+            self._reset_count.add_(resetting.to(torch.int64))
+            episode_return = torch.where(resetting, torch.zeros_like(reward), self._episode_return + reward)
+            episode_length = torch.where(resetting, torch.zeros_like(elapsed), self._episode_length + 1)
+            done = terminated | truncated
+            self._prev_done.copy_(done)
+            obs = self._observe(next_state)
+            final_obs = obs
+        elif mode == AutoresetMode.SAME_STEP:
+            truncated = elapsed >= self.max_episode_steps
+            done = terminated | truncated
+            episode_return = self._episode_return + reward
+            episode_length = self._episode_length + 1
+            final_obs = self._observe(next_state)
+            next_state = torch.where(
+                done.unsqueeze(0), self._reset_states(self._uniform(self._reset_count)), next_state
+            )
+            self._reset_count.add_(done.to(torch.int64))
+            elapsed = torch.where(done, torch.zeros_like(elapsed), elapsed)
+            obs = torch.where(done.unsqueeze(1), self._observe(next_state), final_obs)
+        else:
+            truncated = elapsed >= self.max_episode_steps
+            done = terminated | truncated
+            episode_return = self._episode_return + reward
+            episode_length = self._episode_length + 1
+            obs = self._observe(next_state)
+            final_obs = obs
+        self._state.copy_(next_state)
+        self._elapsed.copy_(elapsed)
+        if mode == AutoresetMode.SAME_STEP:
+            # The next episode starts from zero; the finished one is reported through the return values.
+            self._episode_return.copy_(torch.where(done, torch.zeros_like(episode_return), episode_return))
+            self._episode_length.copy_(torch.where(done, torch.zeros_like(episode_length), episode_length))
+        else:
+            self._episode_return.copy_(episode_return)
+            self._episode_length.copy_(episode_length)
+        return obs, reward, terminated, truncated, final_obs, episode_return, episode_length
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def state(self) -> torch.Tensor:
+        """A copy of the physical state, ``(num_envs, k)``, in Gymnasium's ``unwrapped.state`` layout."""
+        return self._state.T.contiguous()
+
+    @state.setter
+    def state(self, value: torch.Tensor | np.ndarray) -> None:
+        value = torch.as_tensor(value)
+        expected = (self.num_envs, len(self.state_names))
+        if tuple(value.shape) != expected:
+            raise ValueError(
+                f"{self.env_id}: invalid state shape {tuple(value.shape)}, expected {expected} "
+                f"(columns {', '.join(self.state_names)})"
+            )
+        if not value.is_floating_point():
+            raise TypeError(f"{self.env_id}: invalid state dtype {value.dtype}, expected a floating dtype")
+        self._state.copy_(value.to(device=self.device, dtype=self.dtype).T)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Reset all copies (or those in ``options["reset_mask"]``); returns (obs, info={}).
+
+        Args:
+            seed: reseed the env's generator first (same seed, same initial states).
+            options: ``{"reset_mask": mask}`` with a bool tensor (or numpy array) of shape ``(num_envs,)``
+                with at least one True value resets only those copies.
+        """
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"{self.env_id}: invalid seed {seed!r}, expected an int or None")
+        mask = self._reset_mask(options)
+        if seed is not None:
+            self._set_seed(seed)
+        self._reset(mask)
+        self._needs_reset = False
+        return self._observe(self._state), {}
+
+    def _reset_mask(self, options: dict[str, Any] | None) -> torch.Tensor | None:
+        if options is None or "reset_mask" not in options:
+            return None
+        mask = options["reset_mask"]
+        if isinstance(mask, np.ndarray):
+            mask = torch.from_numpy(mask).to(self.device)
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(
+                f"{self.env_id}: options['reset_mask'] must be a bool tensor, got {type(mask).__name__}"
+            )
+        if tuple(mask.shape) != (self.num_envs,):
+            raise ValueError(
+                f"{self.env_id}: options['reset_mask'] must have shape ({self.num_envs},), "
+                f"got {tuple(mask.shape)}"
+            )
+        if mask.dtype != torch.bool:
+            raise TypeError(
+                f"{self.env_id}: options['reset_mask'] must have dtype torch.bool, got {mask.dtype}"
+            )
+        if mask.device != self.device:
+            raise ValueError(
+                f"{self.env_id}: options['reset_mask'] must be on {self.device}, got {mask.device}"
+            )
+        if self.device.type == "cpu" and not bool(mask.any()):
+            # Gymnasium refuses an all-False mask; checked where it costs no device synchronisation.
+            raise ValueError(f"{self.env_id}: options['reset_mask'] must contain at least one True value")
+        return mask
+
+    def _reset(self, mask: torch.Tensor | None) -> None:
+        """Draw initial states for the copies in ``mask`` (all if None) and clear their bookkeeping."""
+        fresh = self._reset_states(self._uniform(self._reset_count))
+        if mask is None:
+            self._state.copy_(fresh)
+            self._reset_count.add_(1)
+            self._elapsed.zero_()
+            self._prev_done.zero_()
+            self._episode_return.zero_()
+            self._episode_length.zero_()
+            return
+        self._state.copy_(torch.where(mask.unsqueeze(0), fresh, self._state))
+        self._reset_count.add_(mask.to(torch.int64))
+        self._elapsed.masked_fill_(mask, 0)
+        self._prev_done.masked_fill_(mask, False)
+        self._episode_return.masked_fill_(mask, 0.0)
+        self._episode_length.masked_fill_(mask, 0)
+
+    def step(
+        self, actions: torch.Tensor | np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Step every copy with ``actions``; returns (obs, reward, terminated, truncated, info)."""
+        if self._needs_reset:
+            raise RuntimeError(f"{self.env_id}: call reset() before step()")
+        actions = self._check_actions(actions)
+        obs, reward, terminated, truncated, final_obs, ep_return, ep_length = self._transition(actions)
+        done = terminated | truncated
+        info: dict[str, Any] = {"episode": {"r": ep_return, "l": ep_length}, "_episode": done}
+        if self.autoreset_mode == AutoresetMode.SAME_STEP:
+            info["final_obs"] = final_obs
+            info["_final_obs"] = done
+            info["final_info"] = {}
+            info["_final_info"] = done
+        return obs, reward, terminated, truncated, info
+
+    def _check_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
+        if isinstance(actions, np.ndarray):
+            actions = torch.from_numpy(actions).to(self.device)
+        if not isinstance(actions, torch.Tensor):
+            raise TypeError(
+                f"{self.env_id}: actions must be a torch.Tensor on {self.device}, "
+                f"got {type(actions).__name__}"
+            )
+        space = self.single_action_space
+        expected_shape = (self.num_envs, *(space.shape or ()))
+        if tuple(actions.shape) != expected_shape:
+            raise ValueError(
+                f"{self.env_id}: actions must have shape {expected_shape}, got {tuple(actions.shape)}"
+            )
+        if actions.device != self.device:
+            raise ValueError(f"{self.env_id}: actions must be on {self.device}, got {actions.device}")
+        if isinstance(space, gym.spaces.Discrete):
+            if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool:
+                raise TypeError(
+                    f"{self.env_id}: discrete actions must have an integer dtype, got {actions.dtype}"
+                )
+            if self.validate_actions:
+                low, high = torch.aminmax(actions)
+                if int(low) < int(space.start) or int(high) >= int(space.start + space.n):
+                    raise ValueError(
+                        f"{self.env_id}: actions must lie in [{int(space.start)}, "
+                        f"{int(space.start + space.n) - 1}], got values in [{int(low)}, {int(high)}]"
+                    )
+        elif not actions.is_floating_point():
+            raise TypeError(
+                f"{self.env_id}: continuous actions must have a floating dtype, got {actions.dtype}"
+            )
+        return actions
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Nothing to release: the copies are tensors."""
+
+    @property
+    def observation_dtype(self) -> torch.dtype:
+        """Torch dtype of observations (float32, as Gymnasium's spaces)."""
+        return torch.float32
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.env_id}, num_envs={self.num_envs}, device={self.device})"
+
+
+def angle_normalize(x: torch.Tensor) -> torch.Tensor:
+    """((x + pi) mod 2pi) - pi, Pendulum's angle normalisation (floored modulo, as numpy's %)."""
+    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi

@@ -1,0 +1,56 @@
+"""`envs.make`: build a tensor-batched environment by its Gymnasium id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from gymnasium.vector import AutoresetMode
+
+from envs.classic import ENV_CLASSES
+from envs.core import TorchVecEnv
+
+__all__ = ["make", "registered_ids"]
+
+
+def registered_ids() -> list[str]:
+    """The environment ids `make` accepts."""
+    return sorted(ENV_CLASSES)
+
+
+def make(
+    env_id: str,
+    num_envs: int = 1,
+    device: str | torch.device = "cpu",
+    seed: int | None = None,
+    autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+    **kwargs: Any,
+) -> TorchVecEnv:
+    """Create ``num_envs`` copies of ``env_id`` stepped together on ``device``.
+
+    Args:
+        env_id: one of "CartPole-v1", "Acrobot-v1", "MountainCar-v0", "MountainCarContinuous-v0",
+            "Pendulum-v1".
+        num_envs: number of copies.
+        device: torch device for every tensor.
+        seed: seed of the env's generator (``None``: OS entropy); ``reset(seed=...)`` reseeds.
+        autoreset_mode: ``AutoresetMode.NEXT_STEP`` (Gymnasium's default), ``SAME_STEP`` or ``DISABLED``,
+            or their names "next_step", "same_step", "disabled".
+        **kwargs: ``max_episode_steps``, ``dtype``, ``compile``, ``validate_actions`` (see `TorchVecEnv`)
+            and environment keywords (Pendulum's ``g``).
+
+    Returns:
+        The `TorchVecEnv`; call ``reset()`` before ``step()``.
+
+    Example:
+        >>> import envs
+        >>> env = envs.make("Pendulum-v1", num_envs=16, seed=0, autoreset_mode="same_step")
+        >>> obs, info = env.reset()
+        >>> obs.shape, env.metadata["autoreset_mode"].name
+        (torch.Size([16, 3]), 'SAME_STEP')
+    """
+    if env_id not in ENV_CLASSES:
+        raise ValueError(f"Unknown env_id: {env_id!r}, expected one of {', '.join(registered_ids())}")
+    return ENV_CLASSES[env_id](
+        num_envs=num_envs, device=device, seed=seed, autoreset_mode=autoreset_mode, **kwargs
+    )
