@@ -340,9 +340,7 @@ class OnPolicyAgent(BaseAlgorithm):
             self._ep_length.masked_fill_(dones, 0)
             buf.add(step, obs, actions, log_probs, values, out.reward, out.terminated, dones, out.valid)
             if out.final_mask is not None and out.final_obs is not None:
-                with torch.no_grad():
-                    final_values = policy.value(out.final_obs)
-                buf.set_final_values(step, out.final_mask & out.truncated, final_values)
+                buf.add_final_observations(step, out.final_mask & out.truncated, out.final_obs)
             obs = out.obs
             self.num_timesteps += stepper.num_envs
             callback.update_locals(locals())
@@ -354,7 +352,7 @@ class OnPolicyAgent(BaseAlgorithm):
         self._save_prev_done()
         with torch.no_grad():
             last_values = policy.value(obs)
-        buf.compute_returns_and_advantages(last_values, self.gamma, self.gae_lambda)
+            buf.compute_returns_and_advantages(last_values, self.gamma, self.gae_lambda, policy.value)
         ended = buf.dones & buf.valid
         if self.ep_info_buffer is not None:
             rets, lens = ended_return[ended].tolist(), ended_length[ended].tolist()

@@ -6,6 +6,7 @@ env the rollout never leaves the device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,8 +142,9 @@ class RolloutBuffer:
         self.returns = torch.zeros(shape, **f32)
         # index of each transition within its episode (0 at an episode's first step)
         self.episode_steps = torch.zeros(shape, dtype=torch.long, device=self.device)
-        # where next_values already holds V(true final observation) of a truncated episode
-        self._final_set = torch.zeros(shape, dtype=torch.bool, device=self.device)
+        # true final observations of truncated episodes (same-step autoreset) and where they are
+        self.final_observations = torch.zeros((*shape, *obs_shape), **f32)
+        self.truncated_final = torch.zeros(shape, dtype=torch.bool, device=self.device)
 
     def add(
         self,
@@ -169,28 +171,36 @@ class RolloutBuffer:
         else:
             self.valid[step].copy_(valid)
 
-    def compute_returns_and_advantages(self, last_values: torch.Tensor, gamma: float, gae_lambda: float) -> None:
-        """Fill ``advantages`` and ``returns`` by :func:`compute_gae`.
+    def add_final_observations(self, step: int, mask: torch.Tensor, final_obs: torch.Tensor) -> None:
+        """Keep the true final observations of the envs ``mask`` whose episode was truncated at ``step``.
 
-        ``next_values[t]`` defaults to ``values[t + 1]`` (and ``last_values`` for the last step); entries
-        set during the rollout for truncated episodes (value of the true final observation) are kept, so
-        call :meth:`set_final_values` before this.
+        Used with same-step autoreset, where the observation the env returns is already the next episode's
+        first one. Their values are computed in one batch by :meth:`compute_returns_and_advantages`.
         """
-        self.next_values[:-1] = torch.where(self._final_set[:-1], self.next_values[:-1], self.values[1:])
-        self.next_values[-1] = torch.where(self._final_set[-1], self.next_values[-1], last_values)
+        self.final_observations[step].copy_(final_obs)
+        self.truncated_final[step].copy_(mask)
+
+    def compute_returns_and_advantages(
+        self,
+        last_values: torch.Tensor,
+        gamma: float,
+        gae_lambda: float,
+        value_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """Fill ``next_values``, ``advantages`` and ``returns`` (:func:`compute_gae`).
+
+        ``next_values[t]`` is ``values[t + 1]`` (``last_values`` for the last step), except at truncations
+        recorded by :meth:`add_final_observations`, where it is ``value_fn(true final observation)``.
+        """
+        self.next_values[:-1] = self.values[1:]
+        self.next_values[-1] = last_values
+        if value_fn is not None and bool(self.truncated_final.any()):
+            final_values = value_fn(self.final_observations[self.truncated_final])
+            self.next_values[self.truncated_final] = final_values.to(self.next_values.dtype)
+        self.truncated_final.fill_(False)
         self.advantages, self.returns = compute_gae(
             self.rewards, self.values, self.next_values, self.terminated, self.dones, gamma, gae_lambda
         )
-        self._final_set.fill_(False)
-
-    def set_final_values(self, step: int, mask: torch.Tensor, final_values: torch.Tensor) -> None:
-        """Record ``V(final observation)`` for envs ``mask`` whose episode was truncated at ``step``.
-
-        Used with same-step autoreset, where the observation returned by the env is already the next
-        episode's first one.
-        """
-        self.next_values[step] = torch.where(mask, final_values, self.next_values[step])
-        self._final_set[step] |= mask
 
     def flatten(self) -> RolloutBatch:
         """All valid transitions as one flat batch (time-major order)."""

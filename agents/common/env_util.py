@@ -240,12 +240,9 @@ class VectorEnvToSB3(VecEnv):
 
 
 def _batched_env_ids() -> set[str]:
-    try:
-        import envs
-    except ImportError:  # pragma: no cover - envs is part of this distribution
-        return set()
-    ids = getattr(envs, "ENV_IDS", None) or getattr(envs, "registry", None) or ()
-    return set(ids)
+    import envs
+
+    return set(envs.registered_ids())
 
 
 def make_env_from_id(env_id: str, n_envs: int, device: torch.device, seed: int | None) -> gym.vector.VectorEnv:
@@ -256,10 +253,8 @@ def make_env_from_id(env_id: str, n_envs: int, device: torch.device, seed: int |
     if env_id in _batched_env_ids():
         import envs
 
-        made: gym.vector.VectorEnv = envs.make(  # type: ignore[attr-defined,unused-ignore]
-            env_id, num_envs=n_envs, device=device, seed=seed
-        )
-        return made
+        # same-step autoreset: no reset-only transitions, and SB3's VecEnv face (envs.SB3VecEnv) works
+        return envs.make(env_id, num_envs=n_envs, device=device, seed=seed, autoreset_mode=AutoresetMode.SAME_STEP)
     if env_id not in gym.registry:
         raise ValueError(
             f"Unknown env id: {env_id!r}; expected a batched env in {sorted(_batched_env_ids())} or a registered "
@@ -277,7 +272,7 @@ def unwrap_torch_env(env: VecEnv) -> gym.vector.VectorEnv | None:
     """The Gymnasium vector env behind an SB3 view of one (ours or ``envs.SB3VecEnv``), else None."""
     if isinstance(env, VectorEnvToSB3):
         return env.vector_env
-    for name in ("torch_env", "vector_env"):
+    for name in ("env", "vector_env"):
         inner = getattr(env, name, None)
         if isinstance(inner, gym.vector.VectorEnv):
             return inner
@@ -286,16 +281,10 @@ def unwrap_torch_env(env: VecEnv) -> gym.vector.VectorEnv | None:
 
 def to_sb3(env: gym.vector.VectorEnv) -> VecEnv:
     """The SB3 ``VecEnv`` face of a Gymnasium vector env (``envs.SB3VecEnv`` for a tensor-batched env)."""
-    try:
-        import envs
+    import envs
 
-        sb3_cls = getattr(envs, "SB3VecEnv", None)
-        torch_cls = getattr(envs, "TorchVecEnv", None)
-    except ImportError:  # pragma: no cover
-        sb3_cls = torch_cls = None
-    if sb3_cls is not None and torch_cls is not None and isinstance(env, torch_cls):
-        face: VecEnv = sb3_cls(env)
-        return face
+    if isinstance(env, envs.TorchVecEnv) and env.autoreset_mode == AutoresetMode.SAME_STEP:
+        return envs.SB3VecEnv(env)
     return VectorEnvToSB3(env)
 
 
@@ -330,7 +319,7 @@ def make_eval_env(env_id: str, n_envs: int = 1, device: torch.device | str = "cp
     if env_id in _batched_env_ids():
         import envs
 
-        return to_sb3(envs.make(env_id, num_envs=n_envs, device=device, seed=seed))  # type: ignore[attr-defined,unused-ignore]
+        return to_sb3(envs.make(env_id, num_envs=n_envs, device=device, seed=seed, autoreset_mode="same_step"))
     if env_id not in gym.registry:
         raise ValueError(f"Unknown env id: {env_id!r}")
     vec = gym.make_vec(

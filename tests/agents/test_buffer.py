@@ -33,9 +33,9 @@ def test_gae_closed_form_with_truncation_and_termination() -> None:
     one, t, n = torch.ones(1), torch.tensor([True]), torch.tensor([False])
     buf.add(0, obs, act, zero, torch.tensor([a]), one, n, n, None)
     buf.add(1, obs, act, zero, torch.tensor([b]), one, n, t, None)  # truncated: bootstraps from V(final) = f
-    buf.set_final_values(1, t, torch.tensor([f]))
+    buf.add_final_observations(1, t, torch.tensor([[f]]))
     buf.add(2, obs, act, zero, torch.tensor([c]), one, t, t, None)  # terminated: no bootstrap
-    buf.compute_returns_and_advantages(torch.tensor([last]), gamma, lam)
+    buf.compute_returns_and_advantages(torch.tensor([last]), gamma, lam, value_fn=lambda x: x[:, 0])
     a1 = 1 + gamma * f - b
     a0 = (1 + gamma * b - a) + gamma * lam * a1
     a2 = 1 - c
