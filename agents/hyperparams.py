@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,30 @@ def _table() -> dict[str, dict[str, dict[str, Any]]]:
     return data
 
 
+def linear_schedule(start: float) -> Callable[[float], float]:
+    """``progress_remaining -> start * progress_remaining``: linear decay to 0 over the training budget."""
+
+    def schedule(progress_remaining: float) -> float:
+        return start * progress_remaining
+
+    return schedule
+
+
 def hyperparams(algorithm: str, env_id: str) -> dict[str, Any]:
     """A copy of the tuned keyword arguments of ``algorithm`` on ``env_id`` (empty if none are recorded).
 
-    ``total_timesteps`` is the suggested training budget; the other keys are constructor arguments.
+    ``total_timesteps`` is the suggested training budget; the other keys are constructor arguments. As in
+    the RL Zoo, a value ``"lin_<x>"`` is a linear schedule from ``x`` to 0 (:func:`linear_schedule`).
 
     Example:
         >>> hyperparams("PPO", "CartPole-v1")["n_envs"]
-        256
+        128
     """
     table = _table()
     if algorithm not in table:
         raise ValueError(f"Invalid algorithm: {algorithm!r}, expected one of {sorted(table)}")
-    return copy.deepcopy(table[algorithm].get(env_id, {}))
+    params = copy.deepcopy(table[algorithm].get(env_id, {}))
+    for key, value in params.items():
+        if isinstance(value, str) and value.startswith("lin_"):
+            params[key] = linear_schedule(float(value[4:]))
+    return params

@@ -6,7 +6,7 @@ passes of clipped-surrogate minibatch steps. ``agents.PPO`` computes exactly thi
 agree parameter for parameter on the same seed); read this file to see what it does.
 
 Run:
-    python examples/ppo.py --env-id CartPole-v1 --num-envs 256 --num-steps 16 --total-timesteps 100000
+    python examples/ppo.py --env-id CartPole-v1 --num-envs 128 --num-steps 32 --total-timesteps 100000
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ class Args:
     seed: int = 0
     device: str = "cpu"
     total_timesteps: int = 100_000
-    num_envs: int = 256
-    num_steps: int = 16  # rollout length per env
+    num_envs: int = 128
+    num_steps: int = 32  # rollout length per env
     learning_rate: float = 2.5e-3
     gamma: float = 0.99
     gae_lambda: float = 0.95

@@ -31,6 +31,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.utils import explained_variance, get_device, safe_mean
 from stable_baselines3.common.vec_env import VecEnv
 
+import rlopt
 from agents.common.buffer import RolloutBatch, RolloutBuffer
 from agents.common.env_util import Stepper, resolve_env, to_sb3
 from agents.common.optim import build_optimizer, check_optimizer, is_polyak, optimizer_step, step_stats
@@ -68,7 +69,9 @@ class OnPolicyAgent(BaseAlgorithm):
             loss takes the Polyak step and the critic (if any) is fitted by Adam at ``learning_rate``.
         optimizer_kwargs: keyword arguments of the optimizer (e.g. ``{"lr": 1e-3}`` for Adam, ``{"c": 0.5}``
             for SPS).
-        learning_rate: default ``lr`` of ``"adam"``/``"sgd"`` and of the critic's Adam under ``"polyak"``.
+        learning_rate: ``lr`` of ``"adam"``/``"sgd"`` (and of the critic's Adam under ``"polyak"``): a float or
+            an SB3 schedule, a callable of the remaining progress (1 at the start, 0 at the end). The rlopt
+            rules pick their own step sizes and ignore it.
         n_envs: number of envs when ``env`` is an id (ignored otherwise).
         n_steps: rollout length per env.
         gamma: discount factor.
@@ -100,7 +103,7 @@ class OnPolicyAgent(BaseAlgorithm):
         env: GymEnv | str | Any | None,
         optimizer: str | type[torch.optim.Optimizer] = "adam",
         optimizer_kwargs: dict[str, Any] | None = None,
-        learning_rate: float = 3e-4,
+        learning_rate: float | Callable[[float], float] = 3e-4,
         n_envs: int | None = None,
         n_steps: int = 128,
         gamma: float = 0.99,
@@ -120,8 +123,8 @@ class OnPolicyAgent(BaseAlgorithm):
         # validate everything before building anything
         self.optimizer_name = check_optimizer(optimizer)
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
-        if not float(learning_rate) > 0:
-            raise ValueError(f"Invalid learning_rate: {learning_rate!r}, expected a positive number")
+        if not (callable(learning_rate) or float(learning_rate) > 0):
+            raise ValueError(f"Invalid learning_rate: {learning_rate!r}, expected a positive number or a schedule")
         self.n_steps = _check_positive_int("n_steps", n_steps)
         if n_envs is not None:
             _check_positive_int("n_envs", n_envs)
@@ -168,6 +171,7 @@ class OnPolicyAgent(BaseAlgorithm):
     # ----------------------------------------------------------------------------------------------- setup
     def _setup_model(self) -> None:
         self._polyak = is_polyak(self.optimizer_name)
+        self._setup_lr_schedule()
         if self.seed is not None:
             self._init_seed = int(self.seed)
         else:
@@ -186,13 +190,13 @@ class OnPolicyAgent(BaseAlgorithm):
         self.critic_optimizer: torch.optim.Optimizer | None = None
         if self._polyak or not self.uses_critic:
             self.optimizer = build_optimizer(
-                self.optimizer_name, actor_params, self.optimizer_kwargs, float(self.learning_rate)  # type: ignore[arg-type]
+                self.optimizer_name, actor_params, self.optimizer_kwargs, self.lr_schedule(1.0)
             )
             if critic_params:
                 self.critic_optimizer = build_optimizer("adam", critic_params, None, float(self.learning_rate))  # type: ignore[arg-type]
         else:
             self.optimizer = build_optimizer(
-                self.optimizer_name, actor_params + critic_params, self.optimizer_kwargs, float(self.learning_rate)  # type: ignore[arg-type]
+                self.optimizer_name, actor_params + critic_params, self.optimizer_kwargs, self.lr_schedule(1.0)
             )
         if self.env is not None:
             self._build_buffer()
@@ -408,6 +412,15 @@ class OnPolicyAgent(BaseAlgorithm):
         vloss = optimizer_step(self.critic_optimizer, value_loss, self.max_grad_norm)
         return loss.detach() + self.vf_coef * vloss.detach()
 
+    def _apply_lr_schedule(self) -> None:
+        """Set the scheduled learning rate on the torch optimizers (rlopt's rules choose their own steps)."""
+        torch_optimizers = [
+            opt for opt in (self.optimizer, self.critic_optimizer)
+            if opt is not None and not isinstance(opt, rlopt.StepSizeOptimizer)
+        ]
+        if torch_optimizers:
+            self._update_learning_rate(torch_optimizers)
+
     def _polyak_value(self) -> float | None:
         return self._return_estimate if self._polyak else None
 
@@ -486,6 +499,7 @@ class OnPolicyAgent(BaseAlgorithm):
             iteration += 1
             self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
             self.policy.set_training_mode(True)
+            self._apply_lr_schedule()
             self.train()
             self._n_updates += 1
             if iteration % log_interval == 0:
