@@ -170,6 +170,7 @@ class RolloutBuffer:
             self.valid[step].fill_(True)
         else:
             self.valid[step].copy_(valid)
+        self.truncated_final[step].fill_(False)  # set again by add_final_observations when it applies
 
     def add_final_observations(self, step: int, mask: torch.Tensor, final_obs: torch.Tensor) -> None:
         """Keep the true final observations of the envs ``mask`` whose episode was truncated at ``step``.

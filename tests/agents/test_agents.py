@@ -269,3 +269,18 @@ def test_next_step_autoreset_drops_the_reset_transition() -> None:
     expected = buf.rewards[t, 0] + model.gamma * buf.values[t + 1, 0] - buf.values[t, 0]
     if not bool(buf.terminated[t, 0]):
         torch.testing.assert_close(buf.advantages[t, 0], expected)
+
+
+# --------------------------------------------------------------------------------------------- on device
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_training_stays_on_the_device(algo: str, device: torch.device) -> None:
+    import envs
+
+    env = envs.make("CartPole-v1", num_envs=4, device=device, seed=0, autoreset_mode="same_step")
+    model = _make(algo, env=env, device=device)
+    model.learn(2 * 4 * ALGOS[algo][1]["n_steps"])
+    buf = model.rollout_buffer
+    for name in ("observations", "actions", "rewards", "values", "advantages", "valid"):
+        assert getattr(buf, name).device.type == device.type, name
+    assert isinstance(model._last_obs, torch.Tensor) and model._last_obs.device.type == device.type
+    assert all(p.device.type == device.type for p in model.policy.parameters())
