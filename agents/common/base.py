@@ -34,7 +34,14 @@ from stable_baselines3.common.vec_env import VecEnv
 import rlopt
 from agents.common.buffer import RolloutBatch, RolloutBuffer
 from agents.common.env_util import Stepper, resolve_env, to_sb3
-from agents.common.optim import build_optimizer, check_optimizer, is_polyak, optimizer_step, step_stats
+from agents.common.optim import (
+    build_optimizer,
+    check_optimizer,
+    is_line_search,
+    is_polyak,
+    optimizer_step,
+    step_stats,
+)
 from agents.common.policies import ActorCriticPolicy, check_spaces
 
 SelfOnPolicyAgent = TypeVar("SelfOnPolicyAgent", bound="OnPolicyAgent")
@@ -79,6 +86,12 @@ class OnPolicyAgent(BaseAlgorithm):
         ent_coef: entropy bonus coefficient.
         vf_coef: value loss coefficient.
         max_grad_norm: gradient clipping for torch optimizers (rlopt rules adapt to the norm themselves).
+        normalize_advantage: normalize advantages (per minibatch for PPO, per batch for A2C/REINFORCE).
+        separate_critic: step the policy loss and the value loss with two optimizers of the same kind
+            (two step sizes) instead of one optimizer on ``policy_loss + vf_coef * value_loss``. With a
+            line search on the joint loss the value term, whose scale follows the returns, sets the step
+            size and the policy barely moves; separate steps decouple the two scales. Default (None): separate
+            for the line searches (``"sls"``, ``"adasls"``, ``"ponos"``), joint otherwise.
         policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ...).
         stats_window_size: episodes averaged in ``rollout/ep_rew_mean``.
         tensorboard_log: TensorBoard log folder (SB3's convention: ``{folder}/{tb_log_name}_{i}``).
@@ -112,6 +125,7 @@ class OnPolicyAgent(BaseAlgorithm):
         vf_coef: float = 0.5,
         max_grad_norm: float | None = 0.5,
         normalize_advantage: bool = True,
+        separate_critic: bool | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -137,6 +151,9 @@ class OnPolicyAgent(BaseAlgorithm):
         self.vf_coef = float(vf_coef)
         self.max_grad_norm = max_grad_norm
         self.normalize_advantage = normalize_advantage
+        if separate_critic is None:
+            separate_critic = is_line_search(self.optimizer_name)
+        self.separate_critic = bool(separate_critic)
         if isinstance(policy, str) and policy not in self.policy_aliases:
             raise ValueError(f"Invalid policy: {policy!r}, expected one of {list(self.policy_aliases)}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
@@ -188,12 +205,16 @@ class OnPolicyAgent(BaseAlgorithm):
         actor_params = self.policy.actor_parameters()
         critic_params = self.policy.critic_parameters() if self.uses_critic else []
         self.critic_optimizer: torch.optim.Optimizer | None = None
-        if self._polyak or not self.uses_critic:
+        if self._polyak or self.separate_critic or not self.uses_critic:
             self.optimizer = build_optimizer(
                 self.optimizer_name, actor_params, self.optimizer_kwargs, self.lr_schedule(1.0)
             )
             if critic_params:
-                self.critic_optimizer = build_optimizer("adam", critic_params, None, float(self.learning_rate))  # type: ignore[arg-type]
+                # the Polyak policy-gradient step is a rule for the return, not for a regression loss
+                critic_rule = "adam" if self._polyak else self.optimizer_name
+                critic_kwargs = None if self._polyak else self.optimizer_kwargs
+                self.critic_optimizer = build_optimizer(critic_rule, critic_params, critic_kwargs,
+                                                        self.lr_schedule(1.0))
         else:
             self.optimizer = build_optimizer(
                 self.optimizer_name, actor_params + critic_params, self.optimizer_kwargs, self.lr_schedule(1.0)

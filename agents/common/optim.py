@@ -39,6 +39,13 @@ def is_polyak(optimizer: str | type[torch.optim.Optimizer]) -> bool:
     return issubclass(optimizer, rlopt.PolyakPG)
 
 
+def is_line_search(optimizer: str | type[torch.optim.Optimizer]) -> bool:
+    """Whether ``optimizer`` is a line search (re-evaluates the closure at trial steps)."""
+    if isinstance(optimizer, str):
+        return optimizer.lower() in ("sls", "adasls", "ponos")
+    return issubclass(optimizer, (rlopt.SLS, rlopt.PoNoS))
+
+
 def build_optimizer(
     optimizer: str | type[torch.optim.Optimizer],
     params: Iterable[torch.nn.Parameter],

@@ -284,3 +284,37 @@ def test_training_stays_on_the_device(algo: str, device: torch.device) -> None:
         assert getattr(buf, name).device.type == device.type, name
     assert isinstance(model._last_obs, torch.Tensor) and model._last_obs.device.type == device.type
     assert all(p.device.type == device.type for p in model.policy.parameters())
+
+
+@pytest.mark.parametrize(("optimizer", "separate"), [("adam", False), ("sps", False), ("sls", True), ("ponos", True)])
+def test_line_searches_step_policy_and_critic_separately(optimizer: str, separate: bool, tmp_path: Path) -> None:
+    model = _make("PPO", optimizer=optimizer)
+    assert model.separate_critic is separate
+    assert (model.critic_optimizer is not None) is separate
+    if separate:
+        assert type(model.critic_optimizer) is type(model.optimizer)
+        actor = {id(p) for g in model.optimizer.param_groups for p in g["params"]}
+        critic = {id(p) for g in model.critic_optimizer.param_groups for p in g["params"]}
+        assert actor.isdisjoint(critic)
+        assert critic == {id(p) for p in model.policy.critic.parameters()}
+    model.learn(128)
+    model.save(tmp_path / "m.zip")
+    loaded = agents.PPO.load(tmp_path / "m.zip")
+    assert loaded.separate_critic is separate
+
+
+def test_learning_rate_schedule_applies_to_torch_optimizers() -> None:
+    from agents.hyperparams import linear_schedule
+
+    model = _make("A2C", learning_rate=linear_schedule(1e-3))
+    seen: list[float] = []
+    train = model.train
+
+    def spy() -> None:
+        seen.append(model.optimizer.param_groups[0]["lr"])
+        train()
+
+    model.train = spy  # type: ignore[method-assign]
+    model.learn(4 * 8 * 4)
+    # as in SB3, the progress is updated after each rollout, so update k of 4 runs at 1 - k / 4
+    assert seen == pytest.approx([1e-3 * (1 - k / 4) for k in range(1, 5)])
