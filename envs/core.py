@@ -104,7 +104,9 @@ class TorchVecEnv(VectorEnv):
         max_episode_steps: time limit (``None``: the environment's registered default).
         dtype: floating dtype of the physical state (``None``: the environment's default, which is the
             precision Gymnasium's class computes in).
-        compile: run the step through ``torch.compile`` (fused kernel); ``False`` keeps the eager path.
+        compile: compile the step with TorchInductor into one fused kernel (traced once at construction,
+            which takes seconds); ``False`` keeps the eager path, the reference for debugging. Both
+            update the state buffers in place and draw no random numbers from a stateful generator.
         validate_actions: check that discrete actions are in range (raises ``ValueError``); reading the
             check's result is a host synchronisation on accelerators, so the default is True on CPU and
             False elsewhere. Shape, dtype and device are always checked (metadata only).
@@ -164,6 +166,14 @@ class TorchVecEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.render_mode = None
+        space = self.single_action_space
+        self._action_shape = torch.Size((num_envs, *(space.shape or ())))
+        self._action_range: tuple[int, int] | None = None
+        # The dtype the step computes with (and the compiled step is specialised to).
+        self._action_dtype = torch.float32
+        if isinstance(space, gym.spaces.Discrete):
+            self._action_range = (int(space.start), int(space.start + space.n) - 1)
+            self._action_dtype = torch.int64
         self.compiled = compile
 
         n, k, dev = num_envs, len(self.state_names), self.device
@@ -173,7 +183,9 @@ class TorchVecEnv(VectorEnv):
         self._state = torch.zeros(k, n, dtype=dtype, device=dev)
         self._elapsed = torch.zeros(n, dtype=torch.int32, device=dev)
         # NEXT_STEP: copies that ended on the previous step and are reset on this one.
-        self._prev_done = torch.zeros(n, dtype=torch.bool, device=dev)
+        # Flags cross the compiled kernel as uint8 (viewed as bool outside): inductor's CPU code stores and
+        # loads bool arrays element by element but uint8 ones as vectors.
+        self._prev_done = torch.zeros(n, dtype=torch.uint8, device=dev)
         self._episode_return = torch.zeros(n, dtype=torch.float32, device=dev)
         self._episode_length = torch.zeros(n, dtype=torch.int32, device=dev)
         self._lane_key = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -183,7 +195,7 @@ class TorchVecEnv(VectorEnv):
         self._needs_reset = True
         self._transition: Callable[..., tuple[torch.Tensor, ...]] = self._transition_eager
         if compile:
-            self._transition = torch.compile(self._transition_eager, fullgraph=True, dynamic=False)
+            self._transition = self._compile_transition()
         self._set_seed(seed)
 
     # ------------------------------------------------------------------ environment-specific (pure)
@@ -219,77 +231,122 @@ class TorchVecEnv(VectorEnv):
         self._lane_key.copy_(_mix32((key + _mix32(self._lane_index)) & _M32))
         self._reset_count.zero_()
 
-    def _uniform(self, reset_count: torch.Tensor) -> torch.Tensor:
+    def _uniform(self, lane_key: torch.Tensor, reset_count: torch.Tensor) -> torch.Tensor:
         """Noise in (0, 1) for every copy's next reset, shape ``(k, num_envs)``, in the state dtype."""
-        lane = _mix32(self._lane_key ^ (reset_count & _M32))
+        lane = _mix32(lane_key ^ (reset_count & _M32))
         bits = _mix32((lane.unsqueeze(0) + self._component_offset.unsqueeze(1)) & _M32)
         return ((bits.to(torch.float64) + 0.5) * (1.0 / 2**32)).to(self.dtype)
 
-    # ------------------------------------------------------------------ the step, as one pure-ish function
-    def _transition_eager(
-        self, actions: torch.Tensor
-    ) -> tuple[
-        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
-    ]:
-        """Advance every copy once and update the buffers in place.
+    def _buffers(self) -> tuple[torch.Tensor, ...]:
+        """The per-copy buffers `_transition_eager` reads and updates, in its argument order."""
+        return (
+            self._state,
+            self._elapsed,
+            self._prev_done,
+            self._episode_return,
+            self._episode_length,
+            self._lane_key,
+            self._reset_count,
+        )
 
-        Returns (obs, reward, terminated, truncated, final_obs, episode_return, episode_length); the
-        episode statistics are those of the episodes that end now (masked by terminated | truncated).
+    # ------------------------------------------------------------------ the step, as one function of tensors
+    def _transition_eager(
+        self,
+        actions: torch.Tensor,
+        state: torch.Tensor,
+        elapsed_steps: torch.Tensor,
+        prev_done: torch.Tensor,
+        return_so_far: torch.Tensor,
+        length_so_far: torch.Tensor,
+        lane_key: torch.Tensor,
+        reset_count: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """Advance every copy once, updating the buffers (see `_buffers`) in place.
+
+        A function of its tensor arguments only (the autoreset mode and the physics constants are
+        fixed per env), so it can be traced and compiled into one kernel.
+
+        Returns (obs, reward, terminated, truncated, done, final_obs, episode_return, episode_length),
+        the three flags as uint8; the episode statistics are those of the episodes that end now (masked
+        by done = terminated | truncated).
         """
-        state, mode = self._state, self.autoreset_mode
+        mode = self.autoreset_mode
         next_state, reward, terminated = self._dynamics(state, actions)
-        elapsed = self._elapsed + 1
+        elapsed = elapsed_steps + 1
         if mode == AutoresetMode.NEXT_STEP:
             # Copies that ended last step are reset now: their action is ignored, reward 0, flags False.
-            resetting = self._prev_done
-            next_state = torch.where(
-                resetting.unsqueeze(0), self._reset_states(self._uniform(self._reset_count)), next_state
-            )
+            resetting = prev_done != 0
+            fresh = self._reset_states(self._uniform(lane_key, reset_count))
+            next_state = torch.where(resetting.unsqueeze(0), fresh, next_state)
             reward = torch.where(resetting, torch.zeros_like(reward), reward)
             terminated = terminated & ~resetting
             elapsed = torch.where(resetting, torch.zeros_like(elapsed), elapsed)
             truncated = (elapsed >= self.max_episode_steps) & ~resetting
-            self._reset_count.add_(resetting.to(torch.int64))
-            episode_return = torch.where(resetting, torch.zeros_like(reward), self._episode_return + reward)
-            episode_length = torch.where(resetting, torch.zeros_like(elapsed), self._episode_length + 1)
+            reset_count.add_(resetting.to(torch.int64))
+            episode_return = torch.where(resetting, torch.zeros_like(reward), return_so_far + reward)
+            episode_length = torch.where(resetting, torch.zeros_like(elapsed), length_so_far + 1)
             done = terminated | truncated
-            self._prev_done.copy_(done)
+            prev_done.copy_(done.to(torch.uint8))
             obs = self._observe(next_state)
             final_obs = obs
         elif mode == AutoresetMode.SAME_STEP:
             truncated = elapsed >= self.max_episode_steps
             done = terminated | truncated
-            episode_return = self._episode_return + reward
-            episode_length = self._episode_length + 1
+            episode_return = return_so_far + reward
+            episode_length = length_so_far + 1
             final_obs = self._observe(next_state)
-            next_state = torch.where(
-                done.unsqueeze(0), self._reset_states(self._uniform(self._reset_count)), next_state
-            )
-            self._reset_count.add_(done.to(torch.int64))
+            fresh = self._reset_states(self._uniform(lane_key, reset_count))
+            next_state = torch.where(done.unsqueeze(0), fresh, next_state)
+            reset_count.add_(done.to(torch.int64))
             elapsed = torch.where(done, torch.zeros_like(elapsed), elapsed)
             obs = torch.where(done.unsqueeze(1), self._observe(next_state), final_obs)
         else:
             truncated = elapsed >= self.max_episode_steps
             done = terminated | truncated
-            episode_return = self._episode_return + reward
-            episode_length = self._episode_length + 1
+            episode_return = return_so_far + reward
+            episode_length = length_so_far + 1
             obs = self._observe(next_state)
             final_obs = obs
-        self._state.copy_(next_state)
-        self._elapsed.copy_(elapsed)
+        state.copy_(next_state)
+        elapsed_steps.copy_(elapsed)
         if mode == AutoresetMode.SAME_STEP:
             # The next episode starts from zero; the finished one is reported through the return values.
-            self._episode_return.copy_(torch.where(done, torch.zeros_like(episode_return), episode_return))
-            self._episode_length.copy_(torch.where(done, torch.zeros_like(episode_length), episode_length))
+            return_so_far.copy_(torch.where(done, torch.zeros_like(episode_return), episode_return))
+            length_so_far.copy_(torch.where(done, torch.zeros_like(episode_length), episode_length))
         else:
-            self._episode_return.copy_(episode_return)
-            self._episode_length.copy_(episode_length)
-        return obs, reward, terminated, truncated, final_obs, episode_return, episode_length
+            return_so_far.copy_(episode_return)
+            length_so_far.copy_(episode_length)
+        flags = (terminated.to(torch.uint8), truncated.to(torch.uint8), done.to(torch.uint8))
+        return obs, reward, *flags, final_obs, episode_return, episode_length
+
+    def _compile_transition(self) -> Callable[..., tuple[torch.Tensor, ...]]:
+        """Trace `_transition_eager` for this env's shapes and dtypes and compile it with TorchInductor.
+
+        The graph is captured with ``make_fx`` and compiled with ``torch._inductor.compile`` rather than
+        ``torch.compile``: there is nothing to guard (shapes, dtypes and devices are fixed by the env and
+        checked in `step`), and skipping Dynamo's guards and wrappers removes most of the per-call
+        Python overhead, which dominates at small and medium num_envs.
+        """
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        example = torch.zeros(self._action_shape, dtype=self._action_dtype, device=self.device)
+        # Trace on copies so that tracing leaves the live buffers untouched.
+        buffers = [b.clone() for b in self._buffers()]
+
+        def transition(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return self._transition_eager(*args)
+
+        graph = make_fx(transition)(example, *buffers)
+        return torch._inductor.compile(graph, [example, *buffers])
 
     # ------------------------------------------------------------------ public API
     @property
     def state(self) -> torch.Tensor:
-        """A copy of the physical state, ``(num_envs, k)``, in Gymnasium's ``unwrapped.state`` layout."""
+        """A copy of the physical state, ``(num_envs, k)``, in Gymnasium's ``unwrapped.state`` layout.
+
+        Writable (``env.state = states``) to start copies from chosen states; with NEXT_STEP autoreset, a
+        copy that ended on the last step is still reset on the next one.
+        """
         return self._state.T.contiguous()
 
     @state.setter
@@ -354,7 +411,7 @@ class TorchVecEnv(VectorEnv):
 
     def _reset(self, mask: torch.Tensor | None) -> None:
         """Draw initial states for the copies in ``mask`` (all if None) and clear their bookkeeping."""
-        fresh = self._reset_states(self._uniform(self._reset_count))
+        fresh = self._reset_states(self._uniform(self._lane_key, self._reset_count))
         if mask is None:
             self._state.copy_(fresh)
             self._reset_count.add_(1)
@@ -366,7 +423,7 @@ class TorchVecEnv(VectorEnv):
         self._state.copy_(torch.where(mask.unsqueeze(0), fresh, self._state))
         self._reset_count.add_(mask.to(torch.int64))
         self._elapsed.masked_fill_(mask, 0)
-        self._prev_done.masked_fill_(mask, False)
+        self._prev_done.masked_fill_(mask, 0)
         self._episode_return.masked_fill_(mask, 0.0)
         self._episode_length.masked_fill_(mask, 0)
 
@@ -377,8 +434,14 @@ class TorchVecEnv(VectorEnv):
         if self._needs_reset:
             raise RuntimeError(f"{self.env_id}: call reset() before step()")
         actions = self._check_actions(actions)
-        obs, reward, terminated, truncated, final_obs, ep_return, ep_length = self._transition(actions)
-        done = terminated | truncated
+        obs, reward, terminated, truncated, done, final_obs, ep_return, ep_length = self._transition(
+            actions, *self._buffers()
+        )
+        terminated, truncated, done = (
+            terminated.view(torch.bool),
+            truncated.view(torch.bool),
+            done.view(torch.bool),
+        )
         info: dict[str, Any] = {"episode": {"r": ep_return, "l": ep_length}, "_episode": done}
         if self.autoreset_mode == AutoresetMode.SAME_STEP:
             info["final_obs"] = final_obs
@@ -395,31 +458,30 @@ class TorchVecEnv(VectorEnv):
                 f"{self.env_id}: actions must be a torch.Tensor on {self.device}, "
                 f"got {type(actions).__name__}"
             )
-        space = self.single_action_space
-        expected_shape = (self.num_envs, *(space.shape or ()))
-        if tuple(actions.shape) != expected_shape:
+        if actions.shape != self._action_shape:
             raise ValueError(
-                f"{self.env_id}: actions must have shape {expected_shape}, got {tuple(actions.shape)}"
+                f"{self.env_id}: actions must have shape {tuple(self._action_shape)}, "
+                f"got {tuple(actions.shape)}"
             )
         if actions.device != self.device:
             raise ValueError(f"{self.env_id}: actions must be on {self.device}, got {actions.device}")
-        if isinstance(space, gym.spaces.Discrete):
+        if self._action_range is not None:
             if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool:
                 raise TypeError(
                     f"{self.env_id}: discrete actions must have an integer dtype, got {actions.dtype}"
                 )
             if self.validate_actions:
-                low, high = torch.aminmax(actions)
-                if int(low) < int(space.start) or int(high) >= int(space.start + space.n):
+                first, last = self._action_range
+                low, high = (int(v) for v in torch.aminmax(actions))
+                if low < first or high > last:
                     raise ValueError(
-                        f"{self.env_id}: actions must lie in [{int(space.start)}, "
-                        f"{int(space.start + space.n) - 1}], got values in [{int(low)}, {int(high)}]"
+                        f"{self.env_id}: actions must lie in [{first}, {last}], got values in [{low}, {high}]"
                     )
         elif not actions.is_floating_point():
             raise TypeError(
                 f"{self.env_id}: continuous actions must have a floating dtype, got {actions.dtype}"
             )
-        return actions
+        return actions.to(self._action_dtype).contiguous()
 
     def close_extras(self, **kwargs: Any) -> None:
         """Nothing to release: the copies are tensors."""

@@ -49,7 +49,8 @@ class StepSizeOptimizer(torch.optim.Optimizer):
     Attributes:
         stats: updated after every call to :meth:`step`: ``step_size`` (0 when no step was taken),
             ``backtracks``, ``loss``, ``grad_norm``, ``forward_calls`` (closure evaluations in this step),
-            ``accepted_loss`` (the loss at the accepted trial, NaN without a search), ``skipped`` (cumulative
+            ``accepted_loss`` (the loss at the accepted trial, NaN without a search), ``slope`` (``g^T d``,
+            the slope of the sufficient-decrease test; ``grad_norm**2`` for ``d = g``), ``skipped`` (cumulative
             non-finite steps), ``failures`` (cumulative searches without an accepted trial), ``steps``
             (cumulative steps taken, the envelope's ``k``).
         rule_state: the step-size rule's state (saved in ``state_dict`` under ``"rule_state"``).
@@ -75,6 +76,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             "grad_norm": math.nan,
             "forward_calls": 0,
             "accepted_loss": math.nan,
+            "slope": math.nan,
             "skipped": 0,
             "failures": 0,
             "steps": 0,
@@ -128,10 +130,11 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         return values
 
     # ------------------------------------------------------------------ the step
-    def _warn_once(self, key: str, message: str) -> None:
+    def _warn_once(self, key: str, message: str, stacklevel: int) -> None:
+        # stacklevel points at the caller of step() (torch wraps step in one extra frame)
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
 
     def _params_with_grad(self) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
         params, grads, states = [], [], []
@@ -210,7 +213,8 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         scalars = torch.stack([loss_t.detach().to(grad_sq_t.device, torch.float64).reshape(()), grad_sq_t])
         loss_v, grad_sq = self._reduce(scalars).tolist()
         self.stats.update(loss=loss_v, grad_norm=math.sqrt(grad_sq) if grad_sq >= 0 else math.nan,
-                          forward_calls=int(closure is not None), backtracks=0, accepted_loss=math.nan)
+                          forward_calls=int(closure is not None), backtracks=0, accepted_loss=math.nan,
+                          slope=math.nan)
         if not (math.isfinite(loss_v) and math.isfinite(grad_sq) and math.isfinite(value or 0.0)):
             self.stats["skipped"] += 1
             self.stats["step_size"] = 0.0
@@ -219,6 +223,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
                 f"{name}: non-finite loss ({loss_v}), gradient norm^2 ({grad_sq}) or value ({value}); the "
                 "step was skipped and parameters and state are unchanged (counted in stats['skipped']; "
                 "warned once)",
+                stacklevel=3,
             )
             return loss_t
 
@@ -246,6 +251,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         ds = self.direction.prepare(grads, states, hp, k + 1)
         slope = grad_sq if ds.slope is None else float(self._reduce(ds.slope.reshape(1))[0])
         info = StepInfo(loss=loss_v, grad_sq=grad_sq, slope=slope, step=k, value=value)
+        self.stats["slope"] = slope
         proposal = self.rule.propose(hp, self.rule_state, info)
         eta0 = proposal.step_size
         envelope = hp.get("envelope")
@@ -303,6 +309,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
                 "failure",
                 f"{type(self).__name__}: no trial satisfied the sufficient-decrease test after "
                 f"{max_backtracks} backtracks; no step was taken (counted in stats['failures']; warned once)",
+                stacklevel=5,
             )
             return SearchResult(0.0, j, accepted=False, searched=True)
         return SearchResult(eta, j, accepted=True, searched=True)

@@ -1,0 +1,272 @@
+"""Behaviour shared by the whole family: closure protocol, RNG and BatchNorm, failure, state, validation."""
+
+from __future__ import annotations
+
+import copy
+import doctest
+import importlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import rlopt
+from rlopt.envelope import InvSqrt
+from tests.rlopt.problems import mlp
+
+ALL = {
+    "sls": lambda p: rlopt.SLS(p),
+    "adasls": lambda p: rlopt.SLS(p, precondition="amsgrad", momentum=0.9),
+    "sls-momentum": lambda p: rlopt.SLS(p, momentum=0.5),
+    "slsb": lambda p: rlopt.SLS(p, envelope=InvSqrt(1.0)),
+    "sps": lambda p: rlopt.SPS(p, max_lr=1.0),
+    "decsps": lambda p: rlopt.SPS(p, mode="dec"),
+    "sps-adam": lambda p: rlopt.SPS(p, precondition="adam", momentum=0.9),
+    "ponos": lambda p: rlopt.PoNoS(p),
+}
+
+
+def _run(make: object, seed: int, steps: int, dropout: float = 0.2) -> tuple[nn.Module, torch.optim.Optimizer]:
+    problem = mlp(seed, dropout=dropout)
+    opt = make(problem.model.parameters())  # type: ignore[operator]
+    for _ in range(steps):
+        opt.step(problem.closure)
+        problem.next_batch()
+    return problem.model, opt
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_deterministic_on_cpu(name: str) -> None:
+    torch.manual_seed(123)
+    m1, o1 = _run(ALL[name], 0, 15)
+    torch.manual_seed(123)
+    m2, o2 = _run(ALL[name], 0, 15)
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert o1.stats == o2.stats
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_state_dict_round_trip_in_lockstep(name: str) -> None:
+    problem = mlp(1, dropout=0.0)
+    opt = ALL[name](problem.model.parameters())
+    for _ in range(5):
+        opt.step(problem.closure)
+        problem.next_batch()
+    saved_opt = copy.deepcopy(opt.state_dict())
+    twin = copy.deepcopy(problem.model)
+    opt2 = ALL[name](twin.parameters())
+    opt2.load_state_dict(saved_opt)
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(5))
+    y = torch.cos(x.sum(1, keepdim=True))
+    for _ in range(5):
+        opt.step(lambda: nn.functional.mse_loss(problem.model(x), y))
+        opt2.step(lambda: nn.functional.mse_loss(twin(x), y))
+        assert opt.stats["step_size"] == opt2.stats["step_size"]
+    for a, b in zip(problem.model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_load_state_dict_rejects_foreign_state() -> None:
+    w = nn.Parameter(torch.ones(2))
+    sgd = torch.optim.SGD([w], lr=0.1)
+    with pytest.raises(ValueError, match="rule_state"):
+        rlopt.SLS([w]).load_state_dict(sgd.state_dict())
+
+
+def test_dropout_trials_see_the_same_masks_and_rng_advances_once() -> None:
+    torch.manual_seed(7)
+    problem = mlp(2, dropout=0.5)
+    opt = rlopt.SLS(problem.model.parameters(), lr=10.0)  # large first trial: forces backtracks
+    before = torch.get_rng_state()
+    opt.step(problem.closure)
+    after = torch.get_rng_state()
+    assert opt.stats["backtracks"] > 0
+    # Recompute the loss at the accepted point with the masks of the step: equal to the accepted trial.
+    torch.set_rng_state(before)
+    with torch.no_grad():
+        recomputed = problem.closure().item()
+    assert recomputed == opt.stats["accepted_loss"]
+    # The RNG is where a single evaluation leaves it.
+    torch.set_rng_state(before)
+    with torch.no_grad():
+        problem.closure()
+    assert torch.equal(torch.get_rng_state(), after)
+
+
+def test_batchnorm_running_stats_as_if_evaluated_once() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    opt = rlopt.SLS(model.parameters(), lr=50.0)
+    opt.step(lambda: nn.functional.mse_loss(model(x), y))
+    assert opt.stats["backtracks"] > 0
+    nn.functional.mse_loss(twin(x), y)  # one evaluation at w_k
+    bn, bn_twin = model[1], twin[1]
+    torch.testing.assert_close(bn.running_mean, bn_twin.running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(bn.running_var, bn_twin.running_var, rtol=0, atol=0)
+    assert bn.num_batches_tracked.item() == bn_twin.num_batches_tracked.item() == 1
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_non_finite_loss_or_gradient_skips_the_step(name: str) -> None:
+    problem = mlp(3, dropout=0.0)
+    opt = ALL[name](problem.model.parameters())
+    opt.step(problem.closure)  # some state to protect
+    params = [p.detach().clone() for p in problem.model.parameters()]
+    state = copy.deepcopy(opt.state_dict())
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        opt.step(lambda: problem.closure() * float("nan"))
+    w = next(problem.model.parameters())
+    # finite loss, NaN gradient: d sqrt(|w|)/dw at w = 0
+    opt.step(lambda: problem.closure() + torch.sqrt((w * 0).abs()).sum())  # warned once only
+    assert opt.stats["skipped"] == 2
+    for p, q in zip(problem.model.parameters(), params, strict=True):
+        torch.testing.assert_close(p.detach(), q, rtol=0, atol=0)
+    after = opt.state_dict()
+    assert after["rule_state"] == state["rule_state"]
+    for key, value in state["state"].items():
+        for buf_name, buf in value.items():
+            torch.testing.assert_close(after["state"][key][buf_name], buf, rtol=0, atol=0)
+
+
+def test_non_finite_trial_is_rejected_not_taken() -> None:
+    w = nn.Parameter(torch.tensor([1.0, 1.0], dtype=torch.float64))
+
+    def closure() -> torch.Tensor:
+        # log barrier: infinite (NaN) beyond w = 0, so large trials are not finite
+        return (w**2).sum() - torch.log(w).sum()
+
+    opt = rlopt.SLS([w], lr=100.0)
+    opt.step(closure)
+    assert opt.stats["backtracks"] > 0 and opt.stats["step_size"] > 0
+    assert torch.isfinite(closure()).item()
+
+
+def test_search_failure_takes_no_step_and_is_counted() -> None:
+    w = nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    opt = rlopt.SLS([w], max_backtracks=3)
+    before = opt.rule_state["step_size"]
+
+    def closure() -> torch.Tensor:  # the "gradient" points uphill: no trial can pass
+        return w.sum() if torch.is_grad_enabled() else -(-w).sum() + 1.0
+
+    with pytest.warns(RuntimeWarning, match="no trial"):
+        opt.step(closure)
+    assert opt.stats["failures"] == 1 and opt.stats["step_size"] == 0.0
+    assert opt.stats["forward_calls"] == 1 + 4
+    assert w.item() == 1.0
+    assert opt.rule_state["step_size"] == before
+
+
+def test_closure_misuse_is_reported() -> None:
+    w = nn.Parameter(torch.ones(3))
+    opt = rlopt.SLS([w])
+
+    def calls_backward() -> torch.Tensor:
+        loss = (w**2).sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(RuntimeError, match="without calling backward"):
+        opt.step(calls_backward)
+    with pytest.raises(TypeError, match="scalar tensor"):
+        opt.step(lambda: w**2)
+    with pytest.raises(ValueError, match="needs a closure"):
+        opt.step(loss=(w**2).sum())
+    with pytest.raises(ValueError, match="exactly one"):
+        opt.step()
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        opt.step(lambda: torch.tensor(1.0))
+
+
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (lambda p: rlopt.SLS(p, c=1.5), "Invalid c"),
+        (lambda p: rlopt.SLS(p, lr=0.0), "Invalid lr"),
+        (lambda p: rlopt.SLS(p, beta=1.0), "Invalid beta"),
+        (lambda p: rlopt.SLS(p, reset="grow"), "Invalid reset"),
+        (lambda p: rlopt.SLS(p, gamma=0.5), "Invalid gamma"),
+        (lambda p: rlopt.SLS(p, n_batches_per_epoch=0), "Invalid n_batches_per_epoch"),
+        (lambda p: rlopt.SLS(p, precondition="rmsprop"), "Invalid precondition"),
+        (lambda p: rlopt.SLS(p, momentum=1.0), "Invalid momentum"),
+        (lambda p: rlopt.SLS(p, envelope=3.0), "Invalid envelope"),
+        (lambda p: rlopt.SLS(p, max_lr=-1.0), "Invalid max_lr"),
+        (lambda p: rlopt.SPS(p, c=0.0), "Invalid c"),
+        (lambda p: rlopt.SPS(p, mode="min"), "Invalid mode"),
+        (lambda p: rlopt.SPS(p, f_star=float("nan")), "Invalid f_star"),
+        (lambda p: rlopt.PoNoS(p, delta=0.0), "Invalid delta"),
+        (lambda p: rlopt.PoNoS(p, xi=1.5), "Invalid xi"),
+        (lambda p: rlopt.PoNoS(p, min_lr=20.0), "Invalid min_lr"),
+        (lambda p: rlopt.PolyakPG(p, margin=0.0), "Invalid margin"),
+        (lambda p: rlopt.PolyakPG(p, j_star=float("inf")), "Invalid j_star"),
+        (lambda p: InvSqrt(-1.0), "Invalid lr_b"),
+    ],
+)
+def test_constructor_validation(factory: object, match: str) -> None:
+    w = nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match=match):
+        factory([w])  # type: ignore[operator]
+
+
+def test_param_groups_share_one_step_size() -> None:
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
+    opt = rlopt.SLS([{"params": [a]}, {"params": [b]}])
+    opt.step(lambda: (a**2).sum() + 2 * (b**2).sum())
+    assert len(opt.param_groups) == 2
+    with pytest.raises(ValueError, match="share the step-size hyperparameters"):
+        rlopt.SLS([{"params": [a]}, {"params": [b], "c": 0.3}])
+    with pytest.raises(ValueError, match="Invalid c"):
+        rlopt.SLS([{"params": [a], "c": 2.0}])
+
+
+def test_build_optimizer_and_closure_step() -> None:
+    assert isinstance(rlopt.build_optimizer("PoNoS", [nn.Parameter(torch.ones(1))]), rlopt.PoNoS)
+    with pytest.raises(ValueError, match="Invalid optimizer"):
+        rlopt.build_optimizer("lbfgs2", [nn.Parameter(torch.ones(1))])
+    # A torch optimizer through closure_step equals the manual loop, clipping included.
+    torch.manual_seed(0)
+    m1 = nn.Linear(3, 1)
+    m2 = copy.deepcopy(m1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    o1 = rlopt.build_optimizer(torch.optim.Adam, m1.parameters(), lr=0.1)
+    o2 = torch.optim.Adam(m2.parameters(), lr=0.1)
+    for _ in range(3):
+        rlopt.closure_step(o1, lambda: nn.functional.mse_loss(m1(x), y), max_grad_norm=0.1)
+        o2.zero_grad()
+        nn.functional.mse_loss(m2(x), y).backward()
+        nn.utils.clip_grad_norm_(m2.parameters(), 0.1)
+        o2.step()
+    for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_works_on_device(device: torch.device) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.1), nn.Tanh(), nn.Linear(16, 1)).to(device)
+    x, y = torch.randn(32, 4, device=device), torch.randn(32, 1, device=device)
+    for make in ALL.values():
+        opt = make(model.parameters())
+        first = opt.step(lambda: nn.functional.mse_loss(model(x), y))
+        assert first is not None and first.device.type == device.type
+        assert opt.stats["step_size"] >= 0
+
+
+@pytest.mark.parametrize(
+    "module", ["rlopt.sls", "rlopt.sps", "rlopt.ponos", "rlopt.polyak_pg", "rlopt.envelope", "rlopt.factory"]
+)
+def test_docstring_examples(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_rlopt_imports_torch_only() -> None:
+    code = (
+        "import sys, rlopt; bad = [m for m in ('envs', 'agents', 'bilevel', 'gymnasium', 'stable_baselines3',"
+        " 'numpy.random._pickle') if m in sys.modules]; print(bad); assert not bad[:5], bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
