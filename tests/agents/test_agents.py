@@ -318,3 +318,29 @@ def test_learning_rate_schedule_applies_to_torch_optimizers() -> None:
     model.learn(4 * 8 * 4)
     # as in SB3, the progress is updated after each rollout, so update k of 4 runs at 1 - k / 4
     assert seen == pytest.approx([1e-3 * (1 - k / 4) for k in range(1, 5)])
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_box_actions(algo: str) -> None:
+    n_steps = 256 if algo == "REINFORCE" else ALGOS[algo][1]["n_steps"]  # episodes of 200 steps end inside
+    model = _make(algo, env="Pendulum-v1", n_steps=n_steps)
+    model.learn(2 * 4 * n_steps)
+    assert model.rollout_buffer.actions.shape[-1] == 1 and model.rollout_buffer.actions.dtype == torch.float32
+    obs = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    actions, _ = model.predict(obs, deterministic=False)
+    assert actions.shape == (16, 1) and np.all(np.abs(actions) <= 2.0)
+    assert model.policy.log_std.requires_grad
+
+
+def test_set_env_switches_the_training_env() -> None:
+    import envs
+
+    model = _make("PPO")
+    model.learn(64)
+    model.set_env(envs.make("CartPole-v1", num_envs=4, seed=5, autoreset_mode="same_step"))
+    model.learn(64, reset_num_timesteps=False)
+    assert model.num_timesteps == 128
+    with pytest.raises(ValueError, match="spaces do not match"):
+        model.set_env(envs.make("Pendulum-v1", num_envs=4, autoreset_mode="same_step"))
+    model.learn(64, reset_num_timesteps=False)  # the failed switch left the model training on CartPole
+    assert model.num_timesteps == 192
