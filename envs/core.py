@@ -35,6 +35,8 @@ _M32 = 0xFFFFFFFF
 _MUL1 = 0x7FEB352D
 _MUL2 = 0x31848BAB
 _GOLDEN = 0x9E3779B9
+# Smallest batch whose compiled CPU step uses torch's intra-op threads.
+_PARALLEL_MIN_ENVS = 65536
 
 AUTORESET_MODES: dict[str, AutoresetMode] = {
     "next_step": AutoresetMode.NEXT_STEP,
@@ -90,6 +92,10 @@ class TorchVecEnv(VectorEnv):
     * ``DISABLED``: no autoreset; reset ended copies with ``reset(options={"reset_mask": mask})``.
 
     Time limits set ``truncated`` (``elapsed >= max_episode_steps``), never ``terminated``.
+
+    On CPU, batches below 65536 copies step on one thread (torch's intra-op thread count is set to 1
+    for the step and restored after it; the compiled kernel is built single-threaded): the work is too
+    small to split, and a thread team stalls whenever another process holds a core.
 
     Episode statistics, as Gymnasium's ``RecordEpisodeStatistics`` reports them, come in every step's
     info: ``info["episode"] = {"r": return, "l": length}`` (tensors of shape ``(num_envs,)``, float32 and
@@ -193,6 +199,7 @@ class TorchVecEnv(VectorEnv):
         self._lane_index = torch.arange(n, dtype=torch.int64, device=dev)
         self._component_offset = (torch.arange(k, dtype=torch.int64, device=dev) * _GOLDEN) & _M32
         self._needs_reset = True
+        self._serial = self.device.type == "cpu" and num_envs < _PARALLEL_MIN_ENVS
         self._transition: Callable[..., tuple[torch.Tensor, ...]] = self._transition_eager
         if compile:
             self._transition = self._compile_transition()
@@ -337,7 +344,11 @@ class TorchVecEnv(VectorEnv):
             return self._transition_eager(*args)
 
         graph = make_fx(transition)(example, *buffers)
-        return torch._inductor.compile(graph, [example, *buffers])
+        # Below ~65536 copies a step is tens of microseconds of work: an OpenMP team costs more than it
+        # saves, and on a busy machine its barrier waits for a descheduled thread for milliseconds.
+        threads = 1 if self.num_envs < _PARALLEL_MIN_ENVS else -1
+        with torch._inductor.config.patch({"cpp.threads": threads}):
+            return torch._inductor.compile(graph, [example, *buffers])
 
     # ------------------------------------------------------------------ public API
     @property
@@ -434,6 +445,21 @@ class TorchVecEnv(VectorEnv):
         if self._needs_reset:
             raise RuntimeError(f"{self.env_id}: call reset() before step()")
         actions = self._check_actions(actions)
+        threads = torch.get_num_threads()
+        if self._serial and threads > 1:
+            # Small batches run on one thread: ATen splits even 4096 sines across the intra-op pool,
+            # whose barrier stalls for milliseconds whenever another process holds a core.
+            torch.set_num_threads(1)
+            try:
+                return self._step(actions)
+            finally:
+                torch.set_num_threads(threads)
+        return self._step(actions)
+
+    def _step(
+        self, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Step checked actions: one call of the (eager or compiled) transition, then the info dict."""
         obs, reward, terminated, truncated, done, final_obs, ep_return, ep_length = self._transition(
             actions, *self._buffers()
         )

@@ -55,3 +55,24 @@ def test_every_env_on_device(env_id: str, device: torch.device) -> None:
     for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x[0], y[0], rtol=1e-4, atol=1e-4)
         assert torch.equal(x[2], y[2])
+
+
+def test_small_cpu_batches_step_on_one_thread_and_restore_the_setting() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        env = envs.make("Pendulum-v1", num_envs=8, seed=0)
+        env.reset()
+        seen = []
+        dynamics = env._dynamics
+
+        def spy(state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            seen.append(torch.get_num_threads())
+            return dynamics(state, action)
+
+        env._dynamics = spy  # type: ignore[method-assign]
+        env.step(torch.zeros(8, 1))
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
