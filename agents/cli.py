@@ -1,0 +1,125 @@
+"""``rlopt train``: train an agent from the command line.
+
+    rlopt train [ALGO] [ENV] [--optimizer NAME] [--n-envs N] [--device DEV] [--seed S]
+                [--total-timesteps T] [--config file.yaml] [--optimizer-kwargs JSON] [--log-dir runs]
+
+Defaults: PPO on the tensor-batched CartPole-v1, on the CPU, with the tuned hyperparameters of
+``agents/hyperparams.yaml``. Shows a progress bar, logs TensorBoard scalars under ``runs/``, prints a final
+evaluation, saves the model and a PNG of the return and the step size over training in the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ALGORITHMS = ("PPO", "A2C", "REINFORCE")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from agents.common.optim import OPTIMIZER_NAMES
+
+    p = argparse.ArgumentParser(
+        prog="rlopt train",
+        description="Train a policy-gradient agent with a tuning-free step size (TensorBoard logs under --log-dir).",
+    )
+    p.add_argument("algo", nargs="?", default="PPO", type=str.upper, choices=ALGORITHMS,
+                   help="algorithm (default: PPO)")
+    p.add_argument("env", nargs="?", default="CartPole-v1",
+                   help="env id: a tensor-batched env of the envs package or a Gymnasium id (default: CartPole-v1)")
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZER_NAMES,
+                   help="step-size rule (default: adam at the tuned learning rate)")
+    p.add_argument("--optimizer-kwargs", default=None, type=json.loads, metavar="JSON",
+                   help='optimizer keyword arguments as JSON, e.g. \'{"c": 0.5}\'')
+    p.add_argument("--n-envs", type=int, default=None, help="number of env copies (default: tuned value)")
+    p.add_argument("--device", default="cpu", help="torch device for the agent and the batched env (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--total-timesteps", type=int, default=None, help="training budget (default: tuned value)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML file of agent keyword arguments (and total_timesteps) overriding the tuned defaults")
+    p.add_argument("--log-dir", type=Path, default=Path("runs"), help="TensorBoard and output folder (default: runs)")
+    p.add_argument("--eval-episodes", type=int, default=10, help="episodes of the final evaluation (default: 10)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--verbose", type=int, default=0, help="SB3 verbosity (1: print the log table)")
+    return p
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--config: no such file: {path}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config: expected a mapping of agent keyword arguments, got {type(data).__name__}")
+    return data
+
+
+def plot_run(run_dir: Path, out: Path) -> Path:
+    """PNG of ``rollout/ep_rew_mean`` and ``train/step_size`` against env steps, from the run's event file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    fig, axes = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for ax, tag, label in ((axes[0], "rollout/ep_rew_mean", "episode return"),
+                           (axes[1], "train/step_size", "step size")):
+        if tag in tags:
+            events = acc.Scalars(tag)
+            ax.plot([e.step for e in events], [e.value for e in events])
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("env steps")
+    axes[0].set_title(run_dir.name)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``rlopt train``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    import agents
+    from agents.hyperparams import hyperparams
+
+    kwargs = hyperparams(args.algo, args.env)
+    if args.config is not None:
+        kwargs.update(_load_config(args.config))
+    total = int(kwargs.pop("total_timesteps", 100_000))
+    if args.total_timesteps is not None:
+        total = args.total_timesteps
+    if total <= 0:
+        raise SystemExit(f"rlopt train: --total-timesteps must be positive, got {total}")
+    if args.n_envs is not None:
+        kwargs["n_envs"] = args.n_envs
+    if args.optimizer_kwargs is not None:
+        kwargs["optimizer_kwargs"] = args.optimizer_kwargs
+    cls = getattr(agents, args.algo)
+    model = cls("MlpPolicy", args.env, optimizer=args.optimizer, seed=args.seed, device=args.device,
+                tensorboard_log=str(args.log_dir), verbose=args.verbose, **kwargs)
+    name = f"{args.algo}_{args.env}_{args.optimizer}_s{args.seed}"
+    print(f"Training {args.algo} on {args.env} with {args.optimizer} for {total} steps "
+          f"({model.n_envs} envs, device {model.device})")
+    model.learn(total, tb_log_name=name, progress_bar=not args.no_progress)
+    run_dir = Path(model.logger.get_dir() or args.log_dir / name)
+    eval_env = agents.make_eval_env(args.env, n_envs=min(args.eval_episodes, 10), device=args.device,
+                                    seed=args.seed + 1)
+    mean, std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
+    print(f"Final evaluation over {args.eval_episodes} episodes: {mean:.2f} +/- {std:.2f}")
+    model_path = run_dir / "model.zip"
+    model.save(model_path)
+    png = plot_run(run_dir, run_dir / "training.png")
+    print(f"Saved the model to {model_path}, TensorBoard logs and {png.name} to {run_dir}")
+    return 0

@@ -1,0 +1,18 @@
+"""Shared bases of the agents: rollout buffer and GAE, policies, env resolution, optimizer plumbing."""
+
+from agents.common.base import OnPolicyAgent
+from agents.common.buffer import RolloutBatch, RolloutBuffer, compute_gae
+from agents.common.optim import OPTIMIZER_NAMES, build_optimizer, optimizer_step, step_stats
+from agents.common.policies import ActorCriticPolicy
+
+__all__ = [
+    "OPTIMIZER_NAMES",
+    "ActorCriticPolicy",
+    "OnPolicyAgent",
+    "RolloutBatch",
+    "RolloutBuffer",
+    "build_optimizer",
+    "compute_gae",
+    "optimizer_step",
+    "step_stats",
+]

@@ -1,0 +1,541 @@
+"""``OnPolicyAgent``: the stable-baselines3 ``BaseAlgorithm`` subclass every agent here builds on.
+
+It owns what the algorithms share: env resolution, the device-resident rollout loop with truncation
+bootstrapping, the optimizers (any rlopt step size, or any ``torch.optim`` class), minibatch stepping with a
+closure, logging, seeding and the saved RNG state. An algorithm subclass implements its minibatch losses and
+its ``train`` loop, and little else.
+
+Because the class is an SB3 ``BaseAlgorithm``, SB3's ``evaluate_policy``, callbacks (``EvalCallback``,
+``CheckpointCallback``, ``CallbackList``), logger (``configure``, ``tensorboard_log``) and zip ``save``/
+``load`` work unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
+from stable_baselines3.common.utils import explained_variance, get_device, safe_mean
+from stable_baselines3.common.vec_env import VecEnv
+
+import rlopt
+from agents.common.buffer import RolloutBatch, RolloutBuffer
+from agents.common.env_util import Stepper, resolve_env, to_sb3
+from agents.common.optim import (
+    build_optimizer,
+    check_optimizer,
+    is_line_search,
+    is_polyak,
+    optimizer_step,
+    step_stats,
+)
+from agents.common.policies import ActorCriticPolicy, check_spaces
+
+SelfOnPolicyAgent = TypeVar("SelfOnPolicyAgent", bound="OnPolicyAgent")
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"Invalid {name}: {value!r}, expected a positive integer")
+    return int(value)
+
+
+def _check_unit(name: str, value: float) -> float:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"Invalid {name}: {value!r}, expected 0 <= {name} <= 1")
+    return float(value)
+
+
+def _check_nonneg(name: str, value: float | None) -> None:
+    if value is not None and not float(value) >= 0.0:
+        raise ValueError(f"Invalid {name}: {value!r}, expected a non-negative number")
+
+
+class OnPolicyAgent(BaseAlgorithm):
+    """Base of :class:`agents.PPO`, :class:`agents.A2C` and :class:`agents.REINFORCE`.
+
+    Args:
+        policy: ``"MlpPolicy"`` or an :class:`~agents.common.policies.ActorCriticPolicy` subclass.
+        env: an env id, a ``gymnasium.vector.VectorEnv`` (``envs.TorchVecEnv`` included), a Gymnasium env
+            or an SB3 ``VecEnv``; None only when loading a model for prediction.
+        optimizer: ``"adam"``, ``"sgd"``, ``"sls"``, ``"sps"``, ``"ponos"``, ``"polyak"``, ``"adasls"`` or
+            a ``torch.optim.Optimizer`` subclass. With ``"polyak"`` (:class:`rlopt.PolyakPG`) the policy
+            loss takes the Polyak step and the critic (if any) is fitted by Adam at ``learning_rate``.
+        optimizer_kwargs: keyword arguments of the optimizer (e.g. ``{"lr": 1e-3}`` for Adam, ``{"c": 0.5}``
+            for SPS).
+        learning_rate: ``lr`` of ``"adam"``/``"sgd"`` (and of the critic's Adam under ``"polyak"``): a float or
+            an SB3 schedule, a callable of the remaining progress (1 at the start, 0 at the end). The rlopt
+            rules pick their own step sizes and ignore it.
+        n_envs: number of envs when ``env`` is an id (ignored otherwise).
+        n_steps: rollout length per env.
+        gamma: discount factor.
+        gae_lambda: GAE parameter.
+        ent_coef: entropy bonus coefficient.
+        vf_coef: value loss coefficient.
+        max_grad_norm: gradient clipping for torch optimizers (rlopt rules adapt to the norm themselves).
+        normalize_advantage: normalize advantages (per minibatch for PPO, per batch for A2C/REINFORCE).
+        separate_critic: step the policy loss and the value loss with two optimizers of the same kind
+            (two step sizes) instead of one optimizer on ``policy_loss + vf_coef * value_loss``. With a
+            line search on the joint loss the value term, whose scale follows the returns, sets the step
+            size and the policy barely moves; separate steps decouple the two scales. Default (None): separate
+            for the line searches (``"sls"``, ``"adasls"``, ``"ponos"``), joint otherwise.
+        policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ...).
+        stats_window_size: episodes averaged in ``rollout/ep_rew_mean``.
+        tensorboard_log: TensorBoard log folder (SB3's convention: ``{folder}/{tb_log_name}_{i}``).
+        verbose: 0 silent, 1 SB3's stdout table.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``... where the policy, buffers and (for an env id) the
+            batched env live.
+        seed: seed of the network initialization, the sampling/minibatch generator and the env's first
+            reset. The global RNGs are never reseeded.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": ActorCriticPolicy}
+    policy: ActorCriticPolicy
+    rollout_buffer: RolloutBuffer
+    #: whether the algorithm fits a critic (REINFORCE does not)
+    uses_critic: ClassVar[bool] = True
+    #: the algorithm's name in error messages
+    algorithm_name: ClassVar[str] = "OnPolicyAgent"
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str | Any | None,
+        optimizer: str | type[torch.optim.Optimizer] = "adam",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        learning_rate: float | Callable[[float], float] = 3e-4,
+        n_envs: int | None = None,
+        n_steps: int = 128,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float | None = 0.5,
+        normalize_advantage: bool = True,
+        separate_critic: bool | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        verbose: int = 0,
+        device: torch.device | str = "auto",
+        seed: int | None = None,
+        _init_setup_model: bool = True,
+    ) -> None:
+        # validate everything before building anything
+        self.optimizer_name = check_optimizer(optimizer)
+        self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        if not (callable(learning_rate) or float(learning_rate) > 0):
+            raise ValueError(f"Invalid learning_rate: {learning_rate!r}, expected a positive number or a schedule")
+        self.n_steps = _check_positive_int("n_steps", n_steps)
+        if n_envs is not None:
+            _check_positive_int("n_envs", n_envs)
+        self.gamma = _check_unit("gamma", gamma)
+        self.gae_lambda = _check_unit("gae_lambda", gae_lambda)
+        _check_nonneg("ent_coef", ent_coef)
+        _check_nonneg("vf_coef", vf_coef)
+        _check_nonneg("max_grad_norm", max_grad_norm)
+        self.ent_coef = float(ent_coef)
+        self.vf_coef = float(vf_coef)
+        self.max_grad_norm = max_grad_norm
+        self.normalize_advantage = normalize_advantage
+        if separate_critic is None:
+            separate_critic = is_line_search(self.optimizer_name)
+        self.separate_critic = bool(separate_critic)
+        if isinstance(policy, str) and policy not in self.policy_aliases:
+            raise ValueError(f"Invalid policy: {policy!r}, expected one of {list(self.policy_aliases)}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"Invalid seed: {seed!r}, expected an int or None")
+        self._stepper: Stepper | None = None
+        vec_env: VecEnv | None = None
+        if env is not None:
+            vec_env, self._stepper = resolve_env(env, n_envs, get_device(device), seed)
+            check_spaces(vec_env.observation_space, vec_env.action_space, self.algorithm_name)
+        super().__init__(
+            policy=policy,
+            env=vec_env,
+            learning_rate=learning_rate,
+            policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            support_multi_env=True,
+            seed=seed,
+            supported_action_spaces=(spaces.Discrete, spaces.Box),
+        )
+        self._polyak = is_polyak(self.optimizer_name)
+        self._generator_state: torch.Tensor | None = None
+        self._ep_return: torch.Tensor | None = None
+        self._ep_length: torch.Tensor | None = None
+        self._env_seeded = False
+        self._return_estimate = float("nan")
+        if _init_setup_model:
+            self._setup_model()
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def _setup_model(self) -> None:
+        self._polyak = is_polyak(self.optimizer_name)
+        self._setup_lr_schedule()
+        if self.seed is not None:
+            self._init_seed = int(self.seed)
+        else:
+            self._init_seed = int(np.random.SeedSequence().generate_state(1)[0])
+        # the network initialization draws from the global RNG: fork it so user code is unaffected
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._init_seed)
+            self.policy = self.policy_class(  # type: ignore[assignment]
+                self.observation_space, self.action_space, **self.policy_kwargs
+            )
+        self.policy = self.policy.to(self.device)
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(self._init_seed)
+        actor_params = self.policy.actor_parameters()
+        critic_params = self.policy.critic_parameters() if self.uses_critic else []
+        self.critic_optimizer: torch.optim.Optimizer | None = None
+        if self._polyak or self.separate_critic or not self.uses_critic:
+            self.optimizer = build_optimizer(
+                self.optimizer_name, actor_params, self.optimizer_kwargs, self.lr_schedule(1.0)
+            )
+            if critic_params:
+                # the Polyak policy-gradient step is a rule for the return, not for a regression loss
+                critic_rule = "adam" if self._polyak else self.optimizer_name
+                critic_kwargs = None if self._polyak else self.optimizer_kwargs
+                self.critic_optimizer = build_optimizer(critic_rule, critic_params, critic_kwargs,
+                                                        self.lr_schedule(1.0))
+        else:
+            self.optimizer = build_optimizer(
+                self.optimizer_name, actor_params + critic_params, self.optimizer_kwargs, self.lr_schedule(1.0)
+            )
+        if self.env is not None:
+            self._build_buffer()
+
+    def _build_buffer(self) -> None:
+        assert self.env is not None
+        if isinstance(self.action_space, spaces.Discrete):
+            action_shape: tuple[int, ...] = ()
+            action_dtype = torch.long
+        else:
+            action_shape = tuple(self.action_space.shape or ())
+            action_dtype = torch.float32
+        self.rollout_buffer = RolloutBuffer(
+            self.n_steps,
+            self.env.num_envs,
+            tuple(self.observation_space.shape or ()),
+            action_shape,
+            action_dtype,
+            self.device,
+        )
+
+    @staticmethod
+    def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
+        # SB3's load wraps the env before checking its spaces: give Gymnasium vector envs their SB3 face
+        if isinstance(env, gym.vector.VectorEnv):
+            return to_sb3(env)
+        return BaseAlgorithm._wrap_env(env, verbose, monitor_wrapper)
+
+    def set_env(self, env: GymEnv | Any, force_reset: bool = True) -> None:
+        """Use ``env`` from now on (same spaces and number of envs, as in SB3)."""
+        vec_env, stepper = resolve_env(env, None, self.device, None)
+        super().set_env(vec_env, force_reset=force_reset)
+        self._stepper = stepper
+        self._build_buffer()
+
+    def _excluded_save_params(self) -> list[str]:
+        return [
+            *super()._excluded_save_params(),
+            "_stepper",
+            "_generator",
+            "optimizer",
+            "critic_optimizer",
+        ]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        names = ["policy", "optimizer"]
+        if self.critic_optimizer is not None:
+            names.append("critic_optimizer")
+        return names, []
+
+    # ----------------------------------------------------------------------------------------- save / load
+    def save(self, path: str | pathlib.Path | Any, exclude: Any = None, include: Any = None) -> None:
+        """SB3's zip save, with the sampling RNG state, written atomically.
+
+        A file path is written to a temporary file in the same directory and moved into place with
+        ``os.replace``, so an interrupted save never leaves a truncated checkpoint.
+        """
+        self._generator_state = self._generator.get_state()
+        if not isinstance(path, (str, pathlib.Path)):
+            super().save(path, exclude=exclude, include=include)
+            return
+        target = pathlib.Path(path)
+        if target.suffix != ".zip":
+            target = target.with_suffix(".zip")  # SB3 appends .zip to a path without it
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                super().save(f, exclude=exclude, include=include)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(
+        cls: type[SelfOnPolicyAgent],
+        path: str | pathlib.Path | Any,
+        env: GymEnv | Any | None = None,
+        device: torch.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfOnPolicyAgent:
+        """SB3's ``load``; also restores the sampling RNG, so ``learn`` continues a run exactly.
+
+        Pass ``force_reset=False`` (and ``reset_num_timesteps=False`` to ``learn``) with the env the run was
+        using to continue it; a env whose spaces differ from the saved ones raises ``ValueError``.
+        """
+        model = super().load(path, env=env, device=device, custom_objects=custom_objects,
+                             print_system_info=print_system_info, force_reset=force_reset, **kwargs)
+        if model._generator_state is not None:
+            model._generator.set_state(model._generator_state)
+        if model._last_obs is not None and isinstance(model._last_obs, torch.Tensor):
+            model._last_obs = model._last_obs.to(model.device)
+        return model
+
+    # -------------------------------------------------------------------------------------------- rollouts
+    def _reset_env(self) -> None:
+        assert self._stepper is not None
+        seed = None if self._env_seeded else self.seed
+        self._last_obs = self._stepper.reset(seed)  # type: ignore[assignment]
+        self._env_seeded = True
+        n = self._stepper.num_envs
+        self._ep_return = torch.zeros(n, device=self.device)
+        self._ep_length = torch.zeros(n, dtype=torch.long, device=self.device)
+        self._last_episode_starts = torch.zeros(n, dtype=torch.bool, device=self.device)  # type: ignore[assignment]
+        self._on_env_reset()
+
+    def _on_env_reset(self) -> None:
+        """Hook for algorithms that carry per-env state across rollouts (called after every env reset)."""
+
+    def collect_rollouts(self, callback: BaseCallback) -> bool:
+        """Fill the rollout buffer with ``n_steps`` steps of every env; False if a callback stopped training.
+
+        Truncated episodes bootstrap from ``V(true final observation)``; terminated ones do not (see
+        :func:`agents.common.buffer.compute_gae`).
+        """
+        assert self._stepper is not None and self._last_obs is not None
+        assert self._ep_return is not None and self._ep_length is not None
+        stepper, buf, policy = self._stepper, self.rollout_buffer, self.policy
+        policy.set_training_mode(False)
+        if hasattr(stepper, "_prev_done") and isinstance(self._last_episode_starts, torch.Tensor):
+            stepper._prev_done = self._last_episode_starts.clone()
+        obs: torch.Tensor = self._last_obs  # type: ignore[assignment]
+        ended_return = torch.zeros_like(buf.rewards)
+        ended_length = torch.zeros_like(buf.rewards)
+        callback.on_rollout_start()
+        for step in range(self.n_steps):
+            with torch.no_grad():
+                actions, log_probs, values = policy.sample(obs, self._generator)
+            out = stepper.step(policy.env_actions(actions))
+            dones = out.terminated | out.truncated
+            # episode bookkeeping as masked arithmetic: no host sync per step
+            buf.episode_steps[step] = self._ep_length
+            self._ep_return += out.reward
+            self._ep_length += 1 if out.valid is None else out.valid.long()
+            ended_return[step] = self._ep_return
+            ended_length[step] = self._ep_length.float()
+            self._ep_return.masked_fill_(dones, 0.0)
+            self._ep_length.masked_fill_(dones, 0)
+            buf.add(step, obs, actions, log_probs, values, out.reward, out.terminated, dones, out.valid)
+            if out.final_mask is not None and out.final_obs is not None:
+                buf.add_final_observations(step, out.final_mask & out.truncated, out.final_obs)
+            obs = out.obs
+            self.num_timesteps += stepper.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                self._last_obs = obs  # type: ignore[assignment]
+                self._save_prev_done()
+                return False
+        self._last_obs = obs  # type: ignore[assignment]
+        self._save_prev_done()
+        with torch.no_grad():
+            last_values = policy.value(obs)
+            buf.compute_returns_and_advantages(last_values, self.gamma, self.gae_lambda, policy.value)
+        ended = buf.dones & buf.valid
+        if self.ep_info_buffer is not None:
+            rets, lens = ended_return[ended].tolist(), ended_length[ended].tolist()
+            self.ep_info_buffer.extend({"r": r, "l": int(n)} for r, n in zip(rets, lens, strict=False))
+        self._return_estimate = self._estimate_return(buf)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def _save_prev_done(self) -> None:
+        prev = getattr(self._stepper, "_prev_done", None)
+        if isinstance(prev, torch.Tensor):
+            self._last_episode_starts = prev.clone()  # type: ignore[assignment]
+
+    def _estimate_return(self, buf: RolloutBuffer) -> float:
+        """``J_hat`` for the Polyak policy-gradient step.
+
+        The mean undiscounted return of the last ``stats_window_size`` completed episodes (the
+        ``rollout/ep_rew_mean`` that is logged); before any episode has ended, the mean discounted return
+        target of the rollout (GAE's ``R_t``) as a stand-in.
+        """
+        if self.ep_info_buffer:
+            return float(safe_mean([ep["r"] for ep in self.ep_info_buffer]))
+        return float(buf.returns[buf.valid].mean())
+
+    # ------------------------------------------------------------------------------------------- updating
+    def _minibatches(self, batch: RolloutBatch, batch_size: int) -> list[torch.Tensor]:
+        perm = torch.randperm(len(batch), generator=self._generator, device=self.device)
+        return list(perm.split(batch_size))
+
+    def _step_losses(
+        self,
+        policy_loss: Callable[[], torch.Tensor],
+        value_loss: Callable[[], torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Take one optimizer step on the current minibatch and return the loss at the current iterate.
+
+        ``policy_loss`` (entropy bonus included) and ``value_loss`` are closures over the minibatch: they
+        may be evaluated again at trial points by a line search. Normally one optimizer minimizes
+        ``policy_loss + vf_coef * value_loss``; under the Polyak policy-gradient step the policy takes the
+        Polyak step on ``policy_loss`` with ``value = J_hat`` and the critic takes an Adam step.
+        """
+        if value_loss is None:
+            return optimizer_step(self.optimizer, policy_loss, self.max_grad_norm, self._polyak_value())
+        if self.critic_optimizer is None:
+            vf_coef = self.vf_coef
+
+            def closure() -> torch.Tensor:
+                return policy_loss() + vf_coef * value_loss()
+
+            return optimizer_step(self.optimizer, closure, self.max_grad_norm)
+        loss = optimizer_step(self.optimizer, policy_loss, self.max_grad_norm, self._polyak_value())
+        vloss = optimizer_step(self.critic_optimizer, value_loss, self.max_grad_norm)
+        return loss.detach() + self.vf_coef * vloss.detach()
+
+    def _apply_lr_schedule(self) -> None:
+        """Set the scheduled learning rate on the torch optimizers (rlopt's rules choose their own steps)."""
+        torch_optimizers = [
+            opt for opt in (self.optimizer, self.critic_optimizer)
+            if opt is not None and not isinstance(opt, rlopt.StepSizeOptimizer)
+        ]
+        if torch_optimizers:
+            self._update_learning_rate(torch_optimizers)
+
+    def _polyak_value(self) -> float | None:
+        return self._return_estimate if self._polyak else None
+
+    def _record_step_stats(self, stats: dict[str, list[float]]) -> None:
+        step_size, backtracks, forward_calls = step_stats(self.optimizer)
+        stats.setdefault("step_size", []).append(step_size)
+        stats.setdefault("backtracks", []).append(backtracks)
+        stats.setdefault("forward_calls", []).append(forward_calls)
+
+    def _log_train(self, stats: dict[str, list[float]], tensors: dict[str, list[torch.Tensor]]) -> None:
+        """Record the means of per-minibatch statistics (tensors are synced once, here)."""
+        for key, values in tensors.items():
+            if values:
+                self.logger.record(f"train/{key}", float(torch.stack([v.detach().float() for v in values]).mean()))
+        for key, vals in stats.items():
+            if vals:
+                self.logger.record(f"train/{key}", float(np.mean(vals)))
+        buf = self.rollout_buffer
+        if self.uses_critic:
+            valid = buf.valid
+            ev = explained_variance(buf.values[valid].cpu().numpy(), buf.returns[valid].cpu().numpy())
+            self.logger.record("train/explained_variance", float(ev))
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if self._polyak:
+            self.logger.record("train/return_estimate", self._return_estimate)
+            target = getattr(self.optimizer, "stats", {}).get("target")
+            if target is not None:
+                self.logger.record("train/return_target", float(target))
+
+    def train(self) -> None:
+        """One update from the rollout buffer (implemented by each algorithm)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------- learning
+    def learn(
+        self: SelfOnPolicyAgent,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfOnPolicyAgent:
+        """Train for at least ``total_timesteps`` env steps (whole rollouts, as SB3).
+
+        Args:
+            total_timesteps: env steps to collect (summed over envs), a positive integer.
+            callback: SB3 callback(s), called after every batched env step.
+            log_interval: dump logs every this many updates.
+            tb_log_name: TensorBoard run name (default: the algorithm name).
+            reset_num_timesteps: False continues the step counter, the env and the logs of a previous
+                ``learn`` (or of a loaded run).
+            progress_bar: show SB3's progress bar (tqdm/rich).
+        """
+        total_timesteps = _check_positive_int("total_timesteps", total_timesteps)
+        log_interval = _check_positive_int("log_interval", log_interval)
+        if self._stepper is None or self.env is None:
+            raise ValueError("this model has no env: pass env= to the constructor or to load(), or call set_env()")
+        if isinstance(self._last_obs, torch.Tensor) and self._last_obs.shape[0] != self._stepper.num_envs:
+            raise ValueError(
+                f"the saved run used {self._last_obs.shape[0]} envs but env has {self._stepper.num_envs}; "
+                "pass force_reset=True to load() or an env with the same number of copies"
+            )
+        fresh = reset_num_timesteps or self._last_obs is None or self._ep_return is None
+        total_timesteps, callback = self._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name or self.algorithm_name, progress_bar
+        )
+        if fresh:
+            # SB3's _setup_learn reset the env through its VecEnv face (numpy); start from our own reset
+            self._reset_env()
+        callback.on_training_start(locals(), globals())
+        iteration = 0
+        while self.num_timesteps < total_timesteps:
+            if not self.collect_rollouts(callback):
+                break
+            iteration += 1
+            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+            self.policy.set_training_mode(True)
+            self._apply_lr_schedule()
+            self.train()
+            self._n_updates += 1
+            if iteration % log_interval == 0:
+                self._dump_logs_at(iteration)
+        callback.on_training_end()
+        return self
+
+    def _dump_logs_at(self, iteration: int) -> None:
+        elapsed = max((time.time_ns() - self.start_time) / 1e9, sys.float_info.epsilon)
+        fps = int((self.num_timesteps - self._num_timesteps_at_start) / elapsed)
+        self.logger.record("time/iterations", iteration, exclude="tensorboard")
+        if self.ep_info_buffer:
+            self.logger.record("rollout/ep_rew_mean", safe_mean([ep["r"] for ep in self.ep_info_buffer]))
+            self.logger.record("rollout/ep_len_mean", safe_mean([ep["l"] for ep in self.ep_info_buffer]))
+        self.logger.record("time/fps", fps)
+        self.logger.record("time/time_elapsed", int(elapsed), exclude="tensorboard")
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        self.logger.dump(step=self.num_timesteps)

@@ -1,0 +1,331 @@
+"""Turn whatever the user passes as ``env`` into (a) the SB3 ``VecEnv`` the SB3 API sees and (b) a stepper
+that the rollout loop drives with torch tensors.
+
+Accepted: an env id (a batched :mod:`envs` env when the id is one, else Gymnasium's vector env), a
+``gymnasium.vector.VectorEnv`` (a tensor-batched ``envs.TorchVecEnv`` included: its tensors are used as they
+are, on its device), a Gymnasium ``Env`` (wrapped as SB3 does: ``Monitor`` + ``DummyVecEnv``) or an SB3
+``VecEnv``.
+
+The stepper returns, per step, tensors on the training device: next observation, reward, terminated,
+truncated, and either the true final observations (same-step autoreset) or a ``valid`` mask (next-step
+autoreset, where the step after an episode end only resets the env).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
+
+
+@dataclass
+class StepOutput:
+    """One batched env step as tensors on the training device (see module docstring)."""
+
+    obs: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    final_obs: torch.Tensor | None = None
+    final_mask: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+
+
+def _to_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    # a no-op for a tensor already on the device: the tensor-batched envs never round-trip through numpy
+    return torch.as_tensor(x, device=device, dtype=dtype)
+
+
+def autoreset_mode(env: gym.vector.VectorEnv) -> AutoresetMode:
+    """The autoreset mode a Gymnasium vector env declares (next-step when it declares none)."""
+    mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+    if isinstance(mode, str):
+        mode = AutoresetMode(mode)
+    if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+        raise ValueError(
+            f"env autoreset_mode {mode} is not supported, expected {AutoresetMode.NEXT_STEP} or "
+            f"{AutoresetMode.SAME_STEP}"
+        )
+    return mode
+
+
+class VectorEnvStepper:
+    """Drives a ``gymnasium.vector.VectorEnv`` (numpy or torch) with torch actions."""
+
+    def __init__(self, env: gym.vector.VectorEnv, device: torch.device) -> None:
+        self.env = env
+        self.device = device
+        self.num_envs = int(env.num_envs)
+        self.mode = autoreset_mode(env)
+        self.observation_space = env.single_observation_space
+        self.action_space = env.single_action_space
+        self.is_torch = False
+        self._prev_done = torch.zeros(self.num_envs, dtype=torch.bool, device=device)
+
+    def reset(self, seed: int | None) -> torch.Tensor:
+        obs, _ = self.env.reset(seed=seed)
+        self.is_torch = isinstance(obs, torch.Tensor)
+        self._prev_done.zero_()
+        return _to_tensor(obs, self.device, torch.float32)
+
+    def step(self, actions: torch.Tensor) -> StepOutput:
+        if self.is_torch:
+            env_actions: Any = actions.to(self.env.device) if hasattr(self.env, "device") else actions
+        else:
+            env_actions = actions.cpu().numpy()
+        obs, reward, terminated, truncated, info = self.env.step(env_actions)
+        out = StepOutput(
+            _to_tensor(obs, self.device, torch.float32),
+            _to_tensor(reward, self.device, torch.float32),
+            _to_tensor(terminated, self.device, torch.bool),
+            _to_tensor(truncated, self.device, torch.bool),
+        )
+        if self.mode == AutoresetMode.NEXT_STEP:
+            out.valid = ~self._prev_done
+            self._prev_done = out.terminated | out.truncated
+        elif "_final_obs" in info:
+            mask = _to_tensor(info["_final_obs"], self.device, torch.bool)
+            final = info["final_obs"]
+            if isinstance(final, np.ndarray) and final.dtype == object:
+                # Gymnasium's numpy vector envs give an object array with None where no episode ended
+                blank = np.zeros_like(np.asarray(obs[0]))
+                rows = [f if m else blank for f, m in zip(final, info["_final_obs"], strict=True)]
+                final = np.stack(rows)
+            out.final_obs = _to_tensor(final, self.device, torch.float32)
+            out.final_mask = mask
+        return out
+
+
+class SB3VecEnvStepper:
+    """Drives an SB3 ``VecEnv`` (numpy, same-step autoreset with ``terminal_observation``)."""
+
+    mode = AutoresetMode.SAME_STEP
+    is_torch = False
+
+    def __init__(self, env: VecEnv, device: torch.device) -> None:
+        self.env = env
+        self.device = device
+        self.num_envs = int(env.num_envs)
+        self.observation_space = env.observation_space
+        self.action_space = env.action_space
+
+    def reset(self, seed: int | None) -> torch.Tensor:
+        if seed is not None:
+            self.env.seed(seed)
+        return _to_tensor(self.env.reset(), self.device, torch.float32)
+
+    def step(self, actions: torch.Tensor) -> StepOutput:
+        obs, reward, dones, infos = self.env.step(actions.cpu().numpy())
+        obs = np.asarray(obs)
+        truncated = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos])
+        dones = np.asarray(dones, dtype=bool)
+        out = StepOutput(
+            _to_tensor(obs, self.device, torch.float32),
+            _to_tensor(reward, self.device, torch.float32),
+            _to_tensor(dones & ~truncated, self.device, torch.bool),
+            _to_tensor(truncated, self.device, torch.bool),
+        )
+        if truncated.any():
+            blank = np.zeros_like(np.asarray(obs[0]))
+            final = np.stack(
+                [info["terminal_observation"] if t else blank for info, t in zip(infos, truncated, strict=True)]
+            )
+            out.final_obs = _to_tensor(final, self.device, torch.float32)
+            out.final_mask = out.truncated
+        return out
+
+
+Stepper = VectorEnvStepper | SB3VecEnvStepper
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+class VectorEnvToSB3(VecEnv):
+    """The SB3 ``VecEnv`` face of a same-step ``gymnasium.vector.VectorEnv`` (numpy or torch).
+
+    Observations and rewards are converted to numpy; an episode end stores ``terminal_observation`` and
+    ``TimeLimit.truncated`` in the infos as SB3's ``DummyVecEnv`` does. The agents never step through this
+    face (they use the tensors directly); it serves SB3 code that expects a ``VecEnv`` (callbacks,
+    ``evaluate_policy``). Like SB3's ``Monitor`` it reports ``info["episode"]`` (return, length, time) at
+    every episode end, so ``evaluate_policy`` counts whole episodes.
+
+    A next-step env (Gymnasium's default) cannot give SB3's same-step semantics exactly: after an episode
+    end the observation returned is the final one (also in ``terminal_observation``) and the next step only
+    resets that copy (its action is ignored, reward 0). Episode statistics exclude that reset step, so
+    ``evaluate_policy`` results are exact; SB3 algorithms that train on such a face see one extra zero-reward
+    transition per episode. Use a same-step env for them.
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv) -> None:
+        self.vector_env = env
+        self.mode = autoreset_mode(env)
+        super().__init__(int(env.num_envs), env.single_observation_space, env.single_action_space)
+        self._actions: Any = None
+        self._episode_return = np.zeros(self.num_envs)
+        self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
+        self._t_start = time.time()
+        self._resetting = np.zeros(self.num_envs, dtype=bool)
+
+    def reset(self) -> VecEnvObs:
+        seed = self._seeds[0] if self._seeds and self._seeds[0] is not None else None
+        obs, _ = self.vector_env.reset(seed=seed, options=self._options[0] if self._options else None)
+        self._reset_seeds()
+        self._reset_options()
+        self._episode_return[:] = 0.0
+        self._episode_length[:] = 0
+        self._resetting[:] = False
+        return _numpy(obs)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        actions = self._actions
+        if self._is_torch():
+            actions = torch.as_tensor(actions, device=getattr(self.vector_env, "device", None))
+        obs, reward, terminated, truncated, info = self.vector_env.step(actions)
+        obs_np = _numpy(obs)
+        term, trunc = _numpy(terminated).astype(bool), _numpy(truncated).astype(bool)
+        dones = term | trunc
+        rewards = _numpy(reward).astype(np.float32)
+        self._episode_return += rewards
+        self._episode_length += ~self._resetting  # a next-step reset step is not part of an episode
+        next_step = self.mode == AutoresetMode.NEXT_STEP
+        self._resetting = dones if next_step else np.zeros_like(dones)
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        if dones.any():
+            final = obs_np if next_step else info["final_obs"]
+            for i in np.flatnonzero(dones):
+                infos[i]["terminal_observation"] = _numpy(final[i])
+                infos[i]["TimeLimit.truncated"] = bool(trunc[i] and not term[i])
+                infos[i]["episode"] = {
+                    "r": float(self._episode_return[i]),
+                    "l": int(self._episode_length[i]),
+                    "t": round(time.time() - self._t_start, 6),
+                }
+            self._episode_return[dones] = 0.0
+            self._episode_length[dones] = 0
+        return obs_np, rewards, dones, infos
+
+    def _is_torch(self) -> bool:
+        return hasattr(self.vector_env, "device")
+
+    def close(self) -> None:
+        self.vector_env.close()
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        return [getattr(self.vector_env, attr_name)] * len(list(self._get_indices(indices)))
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        setattr(self.vector_env, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any) -> list[Any]:
+        return [getattr(self.vector_env, method_name)(*method_args, **method_kwargs)]
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: Any = None) -> list[bool]:
+        # episode statistics are reported exactly as Monitor reports them (see the class docstring)
+        return [wrapper_class is Monitor] * len(list(self._get_indices(indices)))
+
+
+def _batched_env_ids() -> set[str]:
+    import envs
+
+    return set(envs.registered_ids())
+
+
+def make_env_from_id(env_id: str, n_envs: int, device: torch.device, seed: int | None) -> gym.vector.VectorEnv:
+    """A batched :mod:`envs` env when ``env_id`` is one (on ``device``), else Gymnasium's vector env: its
+    batched implementation when the id has one (CartPole-v1), else a same-step ``SyncVectorEnv``."""
+    if n_envs <= 0:
+        raise ValueError(f"n_envs must be positive, got {n_envs}")
+    if env_id in _batched_env_ids():
+        import envs
+
+        # same-step autoreset: no reset-only transitions, and SB3's VecEnv face (envs.SB3VecEnv) works
+        return envs.make(env_id, num_envs=n_envs, device=device, seed=seed, autoreset_mode=AutoresetMode.SAME_STEP)
+    if env_id not in gym.registry:
+        raise ValueError(
+            f"Unknown env id: {env_id!r}; expected a batched env in {sorted(_batched_env_ids())} or a registered "
+            "Gymnasium id"
+        )
+    if gym.spec(env_id).vector_entry_point is not None:
+        # Gymnasium's own batched implementation (numpy, one array op for all copies; next-step autoreset)
+        return gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point")
+    return gym.make_vec(
+        env_id, num_envs=n_envs, vectorization_mode="sync", vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}
+    )
+
+
+def unwrap_torch_env(env: VecEnv) -> gym.vector.VectorEnv | None:
+    """The Gymnasium vector env behind an SB3 view of one (ours or ``envs.SB3VecEnv``), else None."""
+    if isinstance(env, VectorEnvToSB3):
+        return env.vector_env
+    for name in ("env", "vector_env"):
+        inner = getattr(env, name, None)
+        if isinstance(inner, gym.vector.VectorEnv):
+            return inner
+    return None
+
+
+def to_sb3(env: gym.vector.VectorEnv) -> VecEnv:
+    """The SB3 ``VecEnv`` face of a Gymnasium vector env (``envs.SB3VecEnv`` for a tensor-batched env)."""
+    import envs
+
+    if isinstance(env, envs.TorchVecEnv) and env.autoreset_mode == AutoresetMode.SAME_STEP:
+        return envs.SB3VecEnv(env)
+    return VectorEnvToSB3(env)
+
+
+def resolve_env(
+    env: Any, n_envs: int | None, device: torch.device, seed: int | None
+) -> tuple[VecEnv, Stepper]:
+    """``(SB3 VecEnv, stepper)`` for anything accepted as ``env`` (see module docstring)."""
+    if isinstance(env, str):
+        env = make_env_from_id(env, n_envs or 1, device, seed)
+    if isinstance(env, VecEnv):
+        inner = unwrap_torch_env(env)
+        if inner is not None:
+            return env, VectorEnvStepper(inner, device)
+        return env, SB3VecEnvStepper(env, device)
+    if isinstance(env, gym.vector.VectorEnv):
+        return to_sb3(env), VectorEnvStepper(env, device)
+    if isinstance(env, gym.Env):
+        vec = DummyVecEnv([lambda: Monitor(env)])
+        return vec, SB3VecEnvStepper(vec, device)
+    raise TypeError(
+        f"Invalid env: {env!r} (type {type(env).__name__}), expected an env id, a gymnasium.vector.VectorEnv "
+        "(e.g. envs.TorchVecEnv), a gymnasium.Env or a stable_baselines3 VecEnv"
+    )
+
+
+def make_eval_env(env_id: str, n_envs: int = 1, device: torch.device | str = "cpu", seed: int | None = None) -> VecEnv:
+    """An SB3 ``VecEnv`` for evaluating agents trained on ``env_id`` (``EvalCallback``, ``evaluate_policy``).
+
+    It has SB3's same-step autoreset and the same ``VecEnv`` type as the training env's SB3 face, so
+    ``EvalCallback`` does not warn about differing env types.
+    """
+    if env_id in _batched_env_ids():
+        import envs
+
+        return to_sb3(envs.make(env_id, num_envs=n_envs, device=device, seed=seed, autoreset_mode="same_step"))
+    if env_id not in gym.registry:
+        raise ValueError(f"Unknown env id: {env_id!r}")
+    vec = gym.make_vec(
+        env_id, num_envs=n_envs, vectorization_mode="sync", vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}
+    )
+    face = VectorEnvToSB3(vec)
+    if seed is not None:
+        face.seed(seed)
+    return face

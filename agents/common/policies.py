@@ -1,0 +1,209 @@
+"""Actor-critic MLP policies for discrete and Box action spaces.
+
+The distributions are written out (log-softmax, diagonal Gaussian) rather than built from
+``torch.distributions`` objects: a rollout step and a minibatch loss then cost a few fused tensor ops, and
+sampling takes an explicit ``torch.Generator`` so a run is reproducible without touching the global RNG.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
+from torch import nn
+
+SUPPORTED_ACTION_SPACES = (spaces.Discrete, spaces.Box)
+SUPPORTED_OBSERVATION_SPACES = (spaces.Box,)
+
+
+def check_spaces(observation_space: spaces.Space, action_space: spaces.Space, algorithm: str) -> None:
+    """Raise ``TypeError`` if ``algorithm``'s MLP policy cannot handle the spaces."""
+    if not isinstance(observation_space, SUPPORTED_OBSERVATION_SPACES):
+        raise TypeError(
+            f"{algorithm} supports observation spaces {[s.__name__ for s in SUPPORTED_OBSERVATION_SPACES]}, "
+            f"got {observation_space}"
+        )
+    if not isinstance(action_space, SUPPORTED_ACTION_SPACES):
+        raise TypeError(
+            f"{algorithm} supports action spaces {[s.__name__ for s in SUPPORTED_ACTION_SPACES]}, "
+            f"got {action_space}"
+        )
+    if isinstance(action_space, spaces.Box) and not (
+        np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))
+    ):
+        raise TypeError(f"{algorithm} needs a Box action space with finite bounds, got {action_space}")
+
+
+def _mlp(sizes: Sequence[int], activation: type[nn.Module], out_gain: float, ortho_init: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        linear = nn.Linear(sizes[i], sizes[i + 1])
+        last = i == len(sizes) - 2
+        if ortho_init:
+            # orthogonal init with gain sqrt(2) for hidden layers (Engstrom et al., 2020, "Implementation
+            # Matters in Deep RL"); a small output gain keeps the initial policy close to uniform
+            nn.init.orthogonal_(linear.weight, gain=out_gain if last else math.sqrt(2))
+            nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if not last:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class ActorCriticPolicy(BasePolicy):
+    """Separate actor and critic MLPs; categorical actions for ``Discrete``, diagonal Gaussian for ``Box``.
+
+    For a ``Box`` action space the Gaussian has a state-independent learned ``log_std``; sampled actions are
+    stored unclipped (their log-probability is exact) and clipped to the bounds only when sent to the env.
+
+    Args:
+        observation_space: a ``Box`` observation space (flattened).
+        action_space: ``Discrete`` or ``Box`` with finite bounds.
+        net_arch: hidden layer sizes, shared by the actor and critic shapes (not weights).
+        activation_fn: activation class between hidden layers.
+        ortho_init: orthogonal initialization (policy head gain 0.01, value head gain 1).
+        log_std_init: initial log standard deviation of the Gaussian.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> pi = ActorCriticPolicy(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2))
+        >>> actions, log_probs, values = pi.sample(torch.zeros(3, 4), torch.Generator().manual_seed(0))
+        >>> actions.shape, log_probs.shape, values.shape
+        (torch.Size([3]), torch.Size([3]), torch.Size([3]))
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        net_arch: Sequence[int] = (64, 64),
+        activation_fn: type[nn.Module] = nn.Tanh,
+        ortho_init: bool = True,
+        log_std_init: float = 0.0,
+    ) -> None:
+        check_spaces(observation_space, action_space, "ActorCriticPolicy")
+        super().__init__(observation_space, action_space)
+        self.net_arch = [int(h) for h in net_arch]
+        self.activation_fn = activation_fn
+        self.ortho_init = ortho_init
+        self.log_std_init = log_std_init
+        obs_dim = int(np.prod(observation_space.shape or ()))
+        self.discrete = isinstance(action_space, spaces.Discrete)
+        if isinstance(action_space, spaces.Discrete):
+            out_dim = int(action_space.n)
+        else:
+            out_dim = int(np.prod(action_space.shape or ()))
+        self.actor = _mlp([obs_dim, *self.net_arch, out_dim], activation_fn, 0.01, ortho_init)
+        self.critic = _mlp([obs_dim, *self.net_arch, 1], activation_fn, 1.0, ortho_init)
+        self.log_std = nn.Parameter(torch.full((out_dim,), float(log_std_init)), requires_grad=not self.discrete)
+        if isinstance(action_space, spaces.Box):
+            self.register_buffer("action_low", torch.as_tensor(action_space.low, dtype=torch.float32))
+            self.register_buffer("action_high", torch.as_tensor(action_space.high, dtype=torch.float32))
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {
+            "observation_space": self.observation_space,
+            "action_space": self.action_space,
+            "net_arch": self.net_arch,
+            "activation_fn": self.activation_fn,
+            "ortho_init": self.ortho_init,
+            "log_std_init": self.log_std_init,
+        }
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the policy (actor and, for Box actions, ``log_std``)."""
+        params = list(self.actor.parameters())
+        if not self.discrete:
+            params.append(self.log_std)
+        return params
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the value function."""
+        return list(self.critic.parameters())
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Actor and critic parameters (``log_std`` is frozen for discrete actions)."""
+        return self.actor_parameters() + self.critic_parameters()
+
+    def _flat(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs.reshape(obs.shape[0], -1).float()
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """``V(obs)``, shape ``(B,)``."""
+        return self.critic(self._flat(obs)).squeeze(-1)
+
+    def sample(
+        self, obs: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample actions with ``generator``; returns ``(actions, log_probs, values)``."""
+        x = self._flat(obs)
+        out = self.actor(x)
+        if self.discrete:
+            logits = torch.log_softmax(out, dim=-1)
+            # Gumbel-max: argmax(logits + Gumbel noise) is a categorical sample, one fused op on any device
+            u = torch.rand(out.shape, generator=generator, device=out.device, dtype=out.dtype)
+            actions = torch.argmax(logits - torch.log(-torch.log(u.clamp_min(1e-20))), dim=-1)
+            log_probs = logits.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        else:
+            std = self.log_std.exp()
+            noise = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
+            actions = out + std * noise
+            log_probs = self._gaussian_log_prob(out, actions)
+        return actions, log_probs, self.critic(x).squeeze(-1)
+
+    def _gaussian_log_prob(self, mean: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        z = (actions - mean) / self.log_std.exp()
+        return (-0.5 * z.pow(2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def evaluate_actions(
+        self, obs: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(log pi(a|s), entropy of pi(.|s), V(s))`` for a batch, differentiable."""
+        x = self._flat(obs)
+        out = self.actor(x)
+        if self.discrete:
+            logits = torch.log_softmax(out, dim=-1)
+            log_probs = logits.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+            entropy = -(logits.exp() * logits).sum(-1)
+        else:
+            log_probs = self._gaussian_log_prob(out, actions)
+            entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(x.shape[0])
+        return log_probs, entropy, self.critic(x).squeeze(-1)
+
+    def log_prob_and_entropy(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actor-only part of :meth:`evaluate_actions` (no critic forward)."""
+        x = self._flat(obs)
+        out = self.actor(x)
+        if self.discrete:
+            logits = torch.log_softmax(out, dim=-1)
+            return logits.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), -(logits.exp() * logits).sum(-1)
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(x.shape[0])
+        return self._gaussian_log_prob(out, actions), entropy
+
+    def env_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions as the env takes them: clipped to the Box bounds (discrete actions unchanged)."""
+        if self.discrete:
+            return actions
+        low, high = self.action_low, self.action_high
+        assert isinstance(low, torch.Tensor) and isinstance(high, torch.Tensor)
+        return torch.maximum(torch.minimum(actions, high), low)
+
+    def _predict(self, observation: torch.Tensor, deterministic: bool = False) -> torch.Tensor:  # type: ignore[override]
+        # used by SB3's predict (evaluate_policy, EvalCallback); stochastic prediction uses the global RNG
+        # like SB3 does, so it never disturbs the training generator
+        out = self.actor(self._flat(observation))
+        if self.discrete:
+            if deterministic:
+                return out.argmax(-1)
+            return torch.multinomial(torch.softmax(out, dim=-1), 1).squeeze(-1)
+        actions = out if deterministic else out + self.log_std.exp() * torch.randn_like(out)
+        return self.env_actions(actions)
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions for ``obs`` (as :meth:`_predict`)."""
+        return self._predict(obs, deterministic)

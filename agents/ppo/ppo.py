@@ -1,0 +1,142 @@
+"""Proximal Policy Optimization with any rlopt step size."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from agents.common.base import OnPolicyAgent, _check_positive_int
+
+
+class PPO(OnPolicyAgent):
+    r"""PPO (Schulman et al., 2017, "Proximal Policy Optimization Algorithms", arXiv 1707.06347).
+
+    Each update runs ``n_epochs`` passes over the rollout in minibatches of ``batch_size`` and minimizes
+
+    .. math::
+        L = -\mathbb{E}\big[\min(\rho_t A_t, \operatorname{clip}(\rho_t, 1-\epsilon, 1+\epsilon) A_t)\big]
+            - c_{ent}\, \mathbb{E}[H(\pi(\cdot|s_t))] + c_{vf}\, \mathbb{E}[(V(s_t) - R_t)^2],
+
+    with :math:`\rho_t = \pi(a_t|s_t)/\pi_{old}(a_t|s_t)`, GAE advantages normalized per minibatch, and
+    ``R_t`` the GAE value target. The minibatch loss is a closure, so line searches (``"sls"``,
+    ``"ponos"``) evaluate it at trial points; with ``"polyak"`` the clipped surrogate (with entropy bonus)
+    takes the Polyak step :class:`rlopt.PolyakPG` with ``J_hat`` = ``rollout/ep_rew_mean`` and the value
+    loss is fitted by Adam.
+
+    Args:
+        policy: ``"MlpPolicy"`` or an ``ActorCriticPolicy`` subclass.
+        env: env id, ``envs.TorchVecEnv``, Gymnasium env or SB3 ``VecEnv``.
+        batch_size: minibatch size.
+        n_epochs: passes over each rollout.
+        clip_range: surrogate clipping :math:`\epsilon`.
+        clip_range_vf: value clipping around the old values (None: no clipping).
+        target_kl: stop the epochs of an update when the approximate KL exceeds ``1.5 * target_kl``.
+        **kwargs: see :class:`agents.common.base.OnPolicyAgent` (``optimizer``, ``n_envs``, ``n_steps``,
+            ``gamma``, ``gae_lambda``, ``ent_coef``, ``vf_coef``, ``seed``, ``device``, ...).
+
+    Example:
+        >>> import agents
+        >>> model = agents.PPO("MlpPolicy", "CartPole-v1", n_envs=4, n_steps=32, seed=0)
+        >>> model = model.learn(256)
+        >>> action, _ = model.predict(model.get_env().reset(), deterministic=True)
+        >>> action.shape
+        (4,)
+    """
+
+    algorithm_name: ClassVar[str] = "PPO"
+
+    def __init__(
+        self,
+        policy: Any,
+        env: Any,
+        optimizer: Any = "adam",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        learning_rate: float = 3e-4,
+        n_envs: int | None = 8,
+        n_steps: int = 128,
+        batch_size: int = 256,
+        n_epochs: int = 4,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: float = 0.2,
+        clip_range_vf: float | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float | None = 0.5,
+        target_kl: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.n_epochs = _check_positive_int("n_epochs", n_epochs)
+        if not 0.0 < float(clip_range) < 1.0:
+            raise ValueError(f"Invalid clip_range: {clip_range!r}, expected 0 < clip_range < 1")
+        if clip_range_vf is not None and not float(clip_range_vf) > 0:
+            raise ValueError(f"Invalid clip_range_vf: {clip_range_vf!r}, expected a positive number or None")
+        if target_kl is not None and not float(target_kl) > 0:
+            raise ValueError(f"Invalid target_kl: {target_kl!r}, expected a positive number or None")
+        self.clip_range = float(clip_range)
+        self.clip_range_vf = clip_range_vf
+        self.target_kl = target_kl
+        super().__init__(
+            policy, env, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, learning_rate=learning_rate,
+            n_envs=n_envs, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda, ent_coef=ent_coef,
+            vf_coef=vf_coef, max_grad_norm=max_grad_norm, normalize_advantage=normalize_advantage, **kwargs,
+        )
+
+    def train(self) -> None:
+        """``n_epochs`` passes of clipped-surrogate minibatch steps over the rollout."""
+        batch = self.rollout_buffer.flatten()
+        clip, clip_vf = self.clip_range, self.clip_range_vf
+        policy = self.policy
+        stats: dict[str, list[float]] = {}
+        tensors: dict[str, list[torch.Tensor]] = {}
+        for _ in range(self.n_epochs):
+            epoch_kl: list[torch.Tensor] = []
+            for idx in self._minibatches(batch, self.batch_size):
+                mb = batch.index(idx)
+                adv = mb.advantages
+                if self.normalize_advantage and len(adv) > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                # statistics of the current iterate come from the first (differentiable) evaluation;
+                # a line search evaluates the closures again at trial points under no_grad
+                first: dict[str, torch.Tensor] = {}
+
+                def policy_loss(mb: Any = mb, adv: torch.Tensor = adv, first: dict = first) -> torch.Tensor:
+                    log_prob, entropy = policy.log_prob_and_entropy(mb.observations, mb.actions)
+                    log_ratio = log_prob - mb.log_probs
+                    ratio = log_ratio.exp()
+                    surrogate = torch.min(adv * ratio, adv * ratio.clamp(1.0 - clip, 1.0 + clip))
+                    pg_loss = -surrogate.mean()
+                    ent = entropy.mean()
+                    if torch.is_grad_enabled() and "pg" not in first:
+                        with torch.no_grad():
+                            first["pg"] = pg_loss.detach()
+                            first["entropy"] = ent.detach()
+                            first["approx_kl"] = ((ratio - 1.0) - log_ratio).mean()
+                            first["clip_fraction"] = ((ratio - 1.0).abs() > clip).float().mean()
+                    return pg_loss - self.ent_coef * ent
+
+                def value_loss(mb: Any = mb, first: dict = first) -> torch.Tensor:
+                    values = policy.value(mb.observations)
+                    if clip_vf is not None:
+                        values = mb.values + (values - mb.values).clamp(-clip_vf, clip_vf)
+                    loss = (mb.returns - values).pow(2).mean()
+                    if torch.is_grad_enabled() and "value" not in first:
+                        first["value"] = loss.detach()
+                    return loss
+
+                loss = self._step_losses(policy_loss, value_loss)
+                self._record_step_stats(stats)
+                tensors.setdefault("loss", []).append(loss.detach())
+                tensors.setdefault("policy_gradient_loss", []).append(first["pg"])
+                tensors.setdefault("value_loss", []).append(first["value"])
+                tensors.setdefault("entropy", []).append(first["entropy"])
+                tensors.setdefault("approx_kl", []).append(first["approx_kl"])
+                tensors.setdefault("clip_fraction", []).append(first["clip_fraction"])
+                epoch_kl.append(first["approx_kl"])
+            if self.target_kl is not None and float(torch.stack(epoch_kl).mean()) > 1.5 * self.target_kl:
+                break
+        self._log_train(stats, tensors)
+        self.logger.record("train/clip_range", clip)

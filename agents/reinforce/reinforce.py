@@ -1,0 +1,148 @@
+"""REINFORCE and GPOMDP policy gradients (no critic) with any rlopt step size, the Polyak step included."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar
+
+import torch
+
+from agents.common.base import OnPolicyAgent
+from agents.common.buffer import compute_gae
+
+ESTIMATORS = ("reinforce", "gpomdp")
+
+
+class REINFORCE(OnPolicyAgent):
+    r"""Monte-Carlo policy gradient of the discounted return :math:`J(\theta) = \mathbb{E}[\sum_k \gamma^k r_k]`.
+
+    Per rollout, over the :math:`M` episodes that end in it, the gradient estimate is
+
+    .. math::
+        \hat g = \frac{1}{M} \sum_{\text{episodes}} \sum_t \nabla_\theta \log \pi_\theta(a_t|s_t)\,(W_t - b),
+
+    with ``estimator="reinforce"`` (Williams, 1992): :math:`W_t = G_0 = \sum_k \gamma^k r_k`, the whole
+    episode's discounted return; ``estimator="gpomdp"`` (Baxter & Bartlett, 2001; the estimator of the
+    Polyak policy-gradient paper, Li et al., arXiv 2404.07525): :math:`W_t = \sum_{k \ge t} \gamma^k r_k`,
+    which drops the rewards earned before :math:`a_t` (they do not depend on it) and has lower variance.
+    ``b`` is the batch mean of :math:`W` when ``baseline=True``. One optimizer step per rollout, on the loss
+    :math:`-\frac{1}{M}\sum \log\pi\,(W_t - b) - c_{ent} \bar H`.
+
+    Only transitions whose episode ends inside the rollout are used (their future rewards are known);
+    a truncated episode counts its rewards up to the time limit. Choose ``n_steps`` at least as long as
+    typical episodes.
+
+    With ``optimizer="polyak"`` the step is :class:`rlopt.PolyakPG` with
+    ``value = J_hat``, the mean discounted return :math:`G_0` of the episodes that ended in this rollout
+    (the same trajectories as the gradient, in the units of :math:`J`), and :math:`J^*` estimated online by
+    rlopt as the running best :math:`J_hat` plus a margin (pass ``optimizer_kwargs={"j_star": ...}`` when
+    the optimal return is known). Keep ``normalize_advantage=False`` with the Polyak step: it needs the
+    gradient of :math:`J` itself, not of a rescaled surrogate.
+
+    Example:
+        >>> import agents
+        >>> model = agents.REINFORCE("MlpPolicy", "CartPole-v1", n_envs=4, n_steps=64, seed=0,
+        ...                          estimator="gpomdp", optimizer="polyak")
+        >>> model = model.learn(512)
+        >>> model.num_timesteps
+        512
+    """
+
+    algorithm_name: ClassVar[str] = "REINFORCE"
+    uses_critic: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        policy: Any,
+        env: Any,
+        optimizer: Any = "adam",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        learning_rate: float = 1e-2,
+        n_envs: int | None = 16,
+        n_steps: int = 512,
+        gamma: float = 0.99,
+        estimator: str = "gpomdp",
+        baseline: bool = True,
+        normalize_advantage: bool = False,
+        ent_coef: float = 0.0,
+        max_grad_norm: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"Invalid estimator: {estimator!r}, expected one of {list(ESTIMATORS)}")
+        self.estimator = estimator
+        self.baseline = bool(baseline)
+        self._past_return: torch.Tensor | None = None
+        super().__init__(
+            policy, env, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, learning_rate=learning_rate,
+            n_envs=n_envs, n_steps=n_steps, gamma=gamma, gae_lambda=1.0, ent_coef=ent_coef, vf_coef=0.0,
+            max_grad_norm=max_grad_norm, normalize_advantage=normalize_advantage, **kwargs,
+        )
+
+    def _on_env_reset(self) -> None:
+        assert self._stepper is not None
+        # discounted return earned so far by each env's current episode, carried across rollouts
+        self._past_return = torch.zeros(self._stepper.num_envs, device=self.device)
+
+    def _weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(W, usable mask, G_0 of the episodes ending here)``, all from the rollout buffer."""
+        assert self._past_return is not None
+        buf = self.rollout_buffer
+        zeros = torch.zeros_like(buf.rewards)
+        # sum_{k >= t} gamma^(k - t) r_k within the episode: GAE with V = 0, lambda = 1, no bootstrap
+        to_go, _ = compute_gae(buf.rewards, zeros, zeros, buf.dones, buf.dones, self.gamma, 1.0)
+        discount = torch.pow(torch.full_like(buf.rewards, self.gamma), buf.episode_steps.float())
+        future = discount * to_go  # sum_{k >= t} gamma^k r_k, k counted from the episode's start
+        past = torch.empty_like(buf.rewards)
+        carry = self._past_return
+        for t in range(buf.n_steps):
+            past[t] = carry
+            carry = (carry + discount[t] * buf.rewards[t] * buf.valid[t]) * (~buf.dones[t])
+        self._past_return = carry
+        episode_return = past + future  # G_0, constant along an episode
+        ended = buf.dones & buf.valid
+        # usable: the episode ends at or after t inside this rollout (a reverse running "any")
+        usable = torch.flip(torch.cummax(torch.flip(ended.long(), [0]), 0).values, [0]).bool() & buf.valid
+        weights = future if self.estimator == "gpomdp" else episode_return
+        return weights, usable, episode_return[ended]
+
+    def train(self) -> None:
+        """One step on the Monte-Carlo policy-gradient loss of the complete episodes in the rollout."""
+        buf, policy = self.rollout_buffer, self.policy
+        weights, usable, returns = self._weights()
+        n_episodes = int(returns.numel())
+        if n_episodes == 0:
+            warnings.warn(
+                f"no episode ended within the rollout of n_steps={self.n_steps}; skipping the update "
+                "(increase n_steps)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
+        idx = usable.reshape(-1).nonzero().squeeze(1)
+        obs = buf.observations.reshape(-1, *buf.observations.shape[2:])[idx]
+        actions = buf.actions.reshape(-1, *buf.actions.shape[2:])[idx]
+        w = weights.reshape(-1)[idx]
+        if self.baseline:
+            w = w - w.mean()
+        if self.normalize_advantage and len(w) > 1:
+            w = w / (w.std() + 1e-8)
+        self._return_estimate = float(returns.mean())
+        first: dict[str, torch.Tensor] = {}
+
+        def policy_loss() -> torch.Tensor:
+            log_prob, entropy = policy.log_prob_and_entropy(obs, actions)
+            pg_loss = -(log_prob * w).sum() / n_episodes
+            ent = entropy.mean()
+            if torch.is_grad_enabled() and "pg" not in first:
+                first["pg"], first["entropy"] = pg_loss.detach(), ent.detach()
+            return pg_loss - self.ent_coef * ent
+
+        loss = self._step_losses(policy_loss, None)
+        stats: dict[str, list[float]] = {}
+        self._record_step_stats(stats)
+        self.logger.record("train/discounted_return", self._return_estimate)
+        self._log_train(
+            stats,
+            {"loss": [loss.detach()], "policy_gradient_loss": [first["pg"]], "entropy": [first["entropy"]]},
+        )

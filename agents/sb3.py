@@ -1,0 +1,150 @@
+"""rlopt step sizes inside unmodified stable-baselines3 algorithms.
+
+SB3's ``PPO.train`` calls ``optimizer.step()`` without a closure, so a line search (which re-evaluates the
+minibatch loss at trial steps) cannot run there. :class:`PPO` below is ``stable_baselines3.PPO`` with one
+change: ``train`` builds the minibatch loss as a closure and steps the optimizer through
+:func:`rlopt.closure_step`. Everything else (rollouts, buffers, policies, callbacks, save/load) is SB3's
+own code, so an existing SB3 script switches by changing one import and adding ``optimizer="sls"``.
+
+With ``optimizer="adam"`` the update is SB3's own, step for step (the tests check parameter equality with
+``stable_baselines3.PPO``). The one difference in semantics: with ``target_kl`` set, SB3 checks the
+approximate KL before the minibatch step and skips it; here the check uses the closure's first evaluation
+and stops after that step.
+
+Example:
+    >>> from agents.sb3 import PPO
+    >>> model = PPO("MlpPolicy", "CartPole-v1", optimizer="sls", n_steps=64, batch_size=32, n_epochs=1, seed=0)
+    >>> model = model.learn(64)
+    >>> type(model.policy.optimizer).__name__
+    'SLS'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import stable_baselines3
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.utils import explained_variance
+
+from agents.common.optim import build_optimizer, check_optimizer, step_stats
+
+__all__ = ["PPO"]
+
+
+class PPO(stable_baselines3.PPO):
+    """``stable_baselines3.PPO`` stepping any optimizer (rlopt's included) with a minibatch closure.
+
+    Args:
+        policy: as in SB3.
+        env: as in SB3.
+        optimizer: ``"adam"`` (SB3's default: Adam with ``eps=1e-5`` at ``learning_rate``), ``"sgd"``,
+            ``"sls"``, ``"sps"``, ``"ponos"``, ``"adasls"`` or a ``torch.optim.Optimizer`` subclass.
+        optimizer_kwargs: keyword arguments of the optimizer.
+        **kwargs: every other ``stable_baselines3.PPO`` argument.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        env: Any,
+        optimizer: str | type[torch.optim.Optimizer] = "adam",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.optimizer_name = check_optimizer(optimizer)
+        if self.optimizer_name == "polyak":
+            raise ValueError(
+                "Invalid optimizer: 'polyak' needs the return estimate and a policy-only loss; use agents.PPO"
+            )
+        self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        super().__init__(policy, env, **kwargs)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        # replace the optimizer SB3's policy built (same parameters, same Adam settings by default)
+        self.policy.optimizer = build_optimizer(
+            self.optimizer_name, self.policy.parameters(), self.optimizer_kwargs, self.lr_schedule(1)
+        )
+
+    def _is_torch_optimizer(self) -> bool:
+        return not hasattr(self.policy.optimizer, "requires_closure")
+
+    def train(self) -> None:
+        """SB3's PPO update with the optimizer stepped through a closure over each minibatch."""
+        import rlopt
+
+        self.policy.set_training_mode(True)
+        if self._is_torch_optimizer():
+            self._update_learning_rate(self.policy.optimizer)  # a learning-rate schedule applies to torch's
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        clip_range_vf = (
+            self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+            if self.clip_range_vf is not None else None
+        )
+        logs: dict[str, list[float]] = {}
+        continue_training = True
+        loss = torch.zeros(())
+        for _ in range(self.n_epochs):
+            for data in self.rollout_buffer.get(self.batch_size):
+                actions = data.actions
+                if isinstance(self.action_space, spaces.Discrete):
+                    actions = data.actions.long().flatten()
+                advantages = data.advantages
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                first: dict[str, float] = {}
+
+                def closure(data: Any = data, actions: torch.Tensor = actions, advantages: torch.Tensor = advantages,
+                            first: dict[str, float] = first) -> torch.Tensor:
+                    values, log_prob, entropy = self.policy.evaluate_actions(data.observations, actions)
+                    values = values.flatten()
+                    ratio = torch.exp(log_prob - data.old_log_prob)
+                    policy_loss = -torch.min(
+                        advantages * ratio, advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                    ).mean()
+                    if clip_range_vf is None:
+                        values_pred = values
+                    else:
+                        values_pred = data.old_values + torch.clamp(values - data.old_values, -clip_range_vf,
+                                                                    clip_range_vf)
+                    value_loss = torch.nn.functional.mse_loss(data.returns, values_pred)
+                    entropy_loss = -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
+                    total = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                    if torch.is_grad_enabled() and not first:
+                        with torch.no_grad():
+                            log_ratio = log_prob - data.old_log_prob
+                            first.update(
+                                policy_gradient_loss=policy_loss.item(), value_loss=value_loss.item(),
+                                entropy_loss=entropy_loss.item(),
+                                clip_fraction=torch.mean((torch.abs(ratio - 1) > clip_range).float()).item(),
+                                approx_kl=torch.mean((torch.exp(log_ratio) - 1) - log_ratio).item(),
+                            )
+                    return total
+
+                loss = rlopt.closure_step(self.policy.optimizer, closure, max_grad_norm=self.max_grad_norm)
+                step_size, backtracks, forward_calls = step_stats(self.policy.optimizer)
+                for key, value in {**first, "step_size": step_size, "backtracks": backtracks,
+                                   "forward_calls": forward_calls}.items():
+                    logs.setdefault(key, []).append(value)
+                if self.target_kl is not None and first["approx_kl"] > 1.5 * self.target_kl:
+                    continue_training = False
+                    break
+            self._n_updates += 1
+            if not continue_training:
+                break
+        for key, values in logs.items():
+            self.logger.record(f"train/{key}", float(np.mean(values)))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record(
+            "train/explained_variance",
+            explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()),
+        )
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", torch.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)

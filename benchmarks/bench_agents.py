@@ -1,0 +1,139 @@
+"""Wall time to an evaluation return of 475 on CartPole-v1: rlopt's agents.PPO against stable-baselines3 PPO.
+
+One protocol for both, measured in the same run:
+- one ``learn()`` call with the whole budget;
+- a callback evaluates the deterministic policy on 10 episodes whenever the step counter crosses a
+  multiple of 5,000 steps and stops training at a mean return >= 475;
+- the clock runs from the start of training to the stop, minus the time spent evaluating;
+- median over seeds. Both run with one intra-op thread (``torch.set_num_threads(1)``): on a small shared
+  CPU extra threads only add synchronization to these tiny networks.
+
+stable-baselines3 uses the RL Zoo's tuned CartPole-v1 hyperparameters (hyperparams/ppo.yml): 8 envs,
+n_steps 32, batch_size 256, gae_lambda 0.8, gamma 0.98, n_epochs 20, ent_coef 0, learning_rate lin_0.001,
+clip_range lin_0.2, budget 1e5 steps. agents.PPO uses its tuned defaults from agents/hyperparams.yaml on
+the tensor-batched CartPole (envs), with each optimizer in turn.
+
+Usage:
+    python benchmarks/bench_agents.py [--seeds 5] [--optimizers adam,sls,sps,ponos,polyak] [--budget 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+
+TARGET = 475.0
+EVAL_EVERY = 5_000
+EVAL_EPISODES = 10
+
+
+class StopAtTarget(BaseCallback):
+    """Evaluate every EVAL_EVERY steps; stop at TARGET; keep the training clock free of evaluation time."""
+
+    def __init__(self, eval_env: Any) -> None:
+        super().__init__()
+        self.eval_env = eval_env
+        self.next_eval = EVAL_EVERY
+        self.eval_time = 0.0
+        self.start = 0.0
+        self.reached_at: int | None = None
+        self.train_time = float("nan")
+        self.last_return = float("nan")
+
+    def _on_training_start(self) -> None:
+        self.start = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps < self.next_eval:
+            return True
+        while self.next_eval <= self.num_timesteps:
+            self.next_eval += EVAL_EVERY
+        t0 = time.perf_counter()
+        self.eval_env.seed(int(self.num_timesteps))
+        mean, _ = evaluate_policy(self.model, self.eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True,
+                                  warn=False)
+        t1 = time.perf_counter()
+        self.eval_time += t1 - t0
+        self.last_return = float(mean)
+        if mean >= TARGET:
+            self.reached_at = self.num_timesteps
+            self.train_time = (t1 - self.start) - self.eval_time
+            return False
+        return True
+
+
+def _linear(start: float) -> Any:
+    return lambda progress_remaining: progress_remaining * start
+
+
+def run_sb3(seed: int, eval_env: Any) -> StopAtTarget:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
+    model = PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
+                ent_coef=0.0, learning_rate=_linear(1e-3), clip_range=_linear(0.2), seed=seed, device="cpu")
+    cb = StopAtTarget(eval_env)
+    model.learn(100_000, callback=cb)
+    return cb
+
+
+def run_ours(seed: int, optimizer: str, eval_env: Any, budget: int) -> StopAtTarget:
+    import agents
+    from agents.hyperparams import hyperparams
+
+    kwargs = hyperparams("PPO", "CartPole-v1")
+    kwargs.pop("total_timesteps", None)
+    if optimizer != "adam":
+        kwargs.pop("learning_rate", None)
+    model = agents.PPO("MlpPolicy", "CartPole-v1", optimizer=optimizer, seed=seed, device="cpu", **kwargs)
+    cb = StopAtTarget(eval_env)
+    model.learn(budget, callback=cb)
+    return cb
+
+
+def _summary(name: str, runs: list[StopAtTarget]) -> dict[str, Any]:
+    times = [r.train_time if r.reached_at is not None else float("inf") for r in runs]
+    steps = [r.reached_at if r.reached_at is not None else -1 for r in runs]
+    solved = sum(r.reached_at is not None for r in runs)
+    return {"name": name, "median_s": statistics.median(times), "times": times, "steps": steps, "solved": solved}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--optimizers", default="adam,sls,sps,ponos,polyak")
+    parser.add_argument("--budget", type=int, default=200_000, help="agents.PPO step budget (one learn call)")
+    parser.add_argument("--skip-sb3", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    import agents
+
+    eval_env = agents.make_eval_env("CartPole-v1", n_envs=EVAL_EPISODES)
+    rows = []
+    if not args.skip_sb3:
+        rows.append(_summary("stable-baselines3 PPO (RL Zoo)", [run_sb3(s, eval_env) for s in range(args.seeds)]))
+        print(rows[-1], flush=True)
+    for opt in args.optimizers.split(","):
+        rows.append(_summary(f"agents.PPO {opt}", [run_ours(s, opt, eval_env, args.budget) for s in range(args.seeds)]))
+        print(rows[-1], flush=True)
+    base = rows[0]["median_s"] if not args.skip_sb3 else float("nan")
+    print()
+    print("| agent | solved | median s to 475 | speedup vs SB3 | steps to 475 (per seed) | seconds (per seed) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        speed = base / r["median_s"] if np.isfinite(r["median_s"]) else 0.0
+        secs = ", ".join(f"{t:.2f}" for t in r["times"])
+        print(f"| {r['name']} | {r['solved']}/{args.seeds} | {r['median_s']:.3f} | {speed:.1f}x | "
+              f"{', '.join(map(str, r['steps']))} | {secs} |")
+
+
+if __name__ == "__main__":
+    main()

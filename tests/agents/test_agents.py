@@ -1,0 +1,346 @@
+"""Agents: bad input, determinism, save/load/resume, SB3 callbacks, TensorBoard scalars, truncation handling."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback, EvalCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+import agents
+import rlopt
+
+ALGOS: dict[str, tuple[type, dict[str, Any]]] = {
+    "PPO": (agents.PPO, {"n_envs": 4, "n_steps": 16, "batch_size": 32, "n_epochs": 2}),
+    "A2C": (agents.A2C, {"n_envs": 4, "n_steps": 8}),
+    "REINFORCE": (agents.REINFORCE, {"n_envs": 4, "n_steps": 64}),
+}
+
+
+def _make(algo: str, env: Any = "CartPole-v1", **kwargs: Any) -> Any:
+    cls, defaults = ALGOS[algo]
+    return cls("MlpPolicy", env, seed=0, **{**defaults, **kwargs})
+
+
+def _params(model: Any) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.policy.parameters()]
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_unknown_optimizer_is_rejected_before_building() -> None:
+    with pytest.raises(ValueError, match="Invalid optimizer: 'adamw'"):
+        agents.PPO("MlpPolicy", "CartPole-v1", optimizer="adamw")
+    with pytest.raises(TypeError, match="Invalid optimizer"):
+        agents.PPO("MlpPolicy", "CartPole-v1", optimizer=3)
+
+
+def test_unknown_env_id() -> None:
+    with pytest.raises(ValueError, match="Unknown env id: 'NoSuchEnv-v0'"):
+        agents.PPO("MlpPolicy", "NoSuchEnv-v0")
+
+
+def test_unsupported_spaces() -> None:
+    class MultiBinaryEnv(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, (2,))
+        action_space = gym.spaces.MultiBinary(3)
+
+    with pytest.raises(TypeError, match="action spaces"):
+        agents.A2C("MlpPolicy", MultiBinaryEnv())
+    with pytest.raises(TypeError, match="observation spaces"):
+        agents.PPO("MlpPolicy", gym.make("FrozenLake-v1"))
+
+
+@pytest.mark.parametrize("steps", [0, -5, 1.5])
+def test_non_positive_timesteps(steps: Any) -> None:
+    model = _make("PPO")
+    with pytest.raises(ValueError, match="total_timesteps"):
+        model.learn(steps)
+    assert model.num_timesteps == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"n_steps": 0}, "n_steps"), ({"gamma": 1.5}, "gamma"), ({"batch_size": -1}, "batch_size"),
+     ({"clip_range": 0.0}, "clip_range"), ({"seed": "x"}, "seed"), ({"policy_kwargs": None, "n_envs": 0}, "n_envs")],
+)
+def test_bad_hyperparameters(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        agents.PPO("MlpPolicy", "CartPole-v1", **kwargs)
+
+
+def test_bad_estimator() -> None:
+    with pytest.raises(ValueError, match="estimator"):
+        agents.REINFORCE("MlpPolicy", "CartPole-v1", estimator="vanilla")
+
+
+def test_load_with_mismatched_env_raises(tmp_path: Path) -> None:
+    model = _make("PPO")
+    model.save(tmp_path / "m.zip")
+    with pytest.raises(ValueError, match="spaces do not match"):
+        agents.PPO.load(tmp_path / "m.zip", env=gym.make("Acrobot-v1"))
+
+
+# -------------------------------------------------------------------------------------------- determinism
+@pytest.mark.parametrize("algo", list(ALGOS))
+@pytest.mark.parametrize("optimizer", ["adam", "sls", "sps", "polyak"])
+def test_two_runs_with_one_seed_are_identical(algo: str, optimizer: str) -> None:
+    runs = []
+    for _ in range(2):
+        model = _make(algo, optimizer=optimizer)
+        model.learn(256)
+        runs.append(_params(model))
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_global_rng_is_untouched() -> None:
+    state = torch.random.get_rng_state()
+    _make("PPO").learn(64)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+# ------------------------------------------------------------------------------------- save / load / resume
+@pytest.mark.parametrize(("algo", "optimizer"), [("PPO", "adam"), ("PPO", "sls"), ("REINFORCE", "polyak")])
+def test_load_then_learn_continues_exactly(tmp_path: Path, algo: str, optimizer: str) -> None:
+    per_update = ALGOS[algo][1]["n_envs"] * ALGOS[algo][1]["n_steps"]
+    straight = _make(algo, optimizer=optimizer)
+    straight.learn(4 * per_update)
+
+    first = _make(algo, optimizer=optimizer)
+    first.learn(2 * per_update)
+    first.save(tmp_path / "ckpt")
+    resumed = type(first).load(tmp_path / "ckpt.zip", env=first.get_env(), force_reset=False)
+    resumed.learn(2 * per_update, reset_num_timesteps=False)
+
+    assert resumed.num_timesteps == straight.num_timesteps
+    for a, b in zip(_params(straight), _params(resumed), strict=True):
+        assert torch.equal(a, b)
+    sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+
+
+def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _make("PPO")
+    model.save(tmp_path / "m.zip")
+    before = (tmp_path / "m.zip").read_bytes()
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("stable_baselines3.common.base_class.save_to_zip_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(tmp_path / "m.zip")
+    assert (tmp_path / "m.zip").read_bytes() == before  # the old checkpoint survives intact
+    assert os.listdir(tmp_path) == ["m.zip"]  # and no temporary file is left behind
+
+
+def test_loaded_model_predicts_like_the_original(tmp_path: Path) -> None:
+    model = _make("A2C")
+    model.learn(64)
+    model.save(tmp_path / "a2c.zip")
+    loaded = agents.A2C.load(tmp_path / "a2c.zip")
+    obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+
+
+# ------------------------------------------------------------------------------------------ SB3 interop
+def test_sb3_callbacks_and_evaluate_policy(tmp_path: Path) -> None:
+    model = _make("PPO")
+    eval_env = agents.make_eval_env("CartPole-v1", seed=1)
+    eval_cb = EvalCallback(eval_env, n_eval_episodes=2, eval_freq=32, log_path=str(tmp_path), verbose=0,
+                           best_model_save_path=str(tmp_path / "best"))
+    ckpt_cb = CheckpointCallback(save_freq=64, save_path=str(tmp_path / "ckpt"), name_prefix="ppo")
+    model.learn(512, callback=CallbackList([eval_cb, ckpt_cb]))
+    assert np.load(tmp_path / "evaluations.npz")["results"].shape == (512 // (32 * 4), 2)
+    assert (tmp_path / "best" / "best_model.zip").exists()
+    assert sorted(os.listdir(tmp_path / "ckpt")) == sorted(f"ppo_{n}_steps.zip" for n in (256, 512))
+    mean, std = evaluate_policy(model, gym.make("CartPole-v1"), n_eval_episodes=3, warn=False)
+    assert mean > 0 and std >= 0
+    mean_vec, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=2, warn=False)
+    assert mean_vec > 0
+
+
+def test_callback_can_stop_training() -> None:
+    class StopAfter(BaseCallback):
+        def _on_step(self) -> bool:
+            return self.n_calls < 3
+
+    model = _make("PPO")
+    model.learn(10_000, callback=StopAfter())
+    assert model.num_timesteps == 3 * 4
+
+
+@pytest.mark.parametrize("env_kind", ["gym_env", "sb3_vec_env", "vector_env"])
+def test_env_kinds(env_kind: str) -> None:
+    env: Any
+    if env_kind == "gym_env":
+        env = gym.make("CartPole-v1")
+    elif env_kind == "sb3_vec_env":
+        env = DummyVecEnv([lambda: gym.make("CartPole-v1")] * 3)
+    else:
+        env = gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync")
+    model = agents.PPO("MlpPolicy", env, n_steps=16, batch_size=16, seed=0)
+    model.learn(64)
+    assert model.num_timesteps >= 64
+
+
+def test_tensorboard_event_file_holds_the_scalars(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = _make("PPO", optimizer="sls", tensorboard_log=str(tmp_path))
+    model.learn(256, tb_log_name="run")
+    runs = os.listdir(tmp_path)
+    assert runs == ["run_1"]
+    acc = EventAccumulator(str(tmp_path / runs[0]))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    expected = {"rollout/ep_rew_mean", "train/loss", "train/step_size", "train/backtracks", "train/forward_calls",
+                "train/entropy", "train/approx_kl", "train/clip_fraction", "train/explained_variance", "time/fps",
+                "train/policy_gradient_loss", "train/value_loss"}
+    assert expected <= tags
+    assert len(acc.Scalars("train/step_size")) == 256 // 64
+    assert all(e.value > 0 for e in acc.Scalars("train/forward_calls"))
+
+
+def test_polyak_logs_its_return_target(tmp_path: Path) -> None:
+    import csv
+
+    from stable_baselines3.common.logger import configure
+
+    model = _make("REINFORCE", optimizer="polyak")
+    assert isinstance(model.optimizer, rlopt.PolyakPG)
+    logger = configure(str(tmp_path), ["csv"])
+    model.set_logger(logger)
+    model.learn(64 * 4 * 3)
+    logger.close()
+    with open(tmp_path / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    for row in rows:
+        if row["train/return_target"]:
+            assert float(row["train/return_target"]) > float(row["train/return_estimate"])
+            assert float(row["train/step_size"]) > 0
+
+
+# ------------------------------------------------------------------------------------ truncation handling
+def test_truncated_steps_bootstrap_from_the_true_final_observation() -> None:
+    """Same-step autoreset (an SB3 VecEnv): next_values at a truncation is V(terminal_observation)."""
+    env = DummyVecEnv([lambda: gym.wrappers.TimeLimit(gym.make("CartPole-v1").unwrapped, max_episode_steps=5)])
+    seen: list[tuple[int, torch.Tensor]] = []
+
+    class Grab(BaseCallback):
+        def _on_step(self) -> bool:
+            out = self.locals["out"]
+            if out.final_mask is not None and bool(out.truncated.any()):
+                seen.append((self.locals["step"], out.final_obs.clone()))
+            return True
+
+    model = agents.PPO("MlpPolicy", env, n_steps=12, batch_size=12, n_epochs=1, seed=0, learning_rate=1e-12)
+    model.learn(12, callback=Grab())
+    buf = model.rollout_buffer
+    assert [s for s, _ in seen] == [4, 9]
+    for step, final in seen:
+        assert bool(buf.dones[step, 0]) and not bool(buf.terminated[step, 0])
+        with torch.no_grad():
+            expected = model.policy.value(final)
+        torch.testing.assert_close(buf.next_values[step], expected, rtol=1e-5, atol=1e-6)
+        # the observation stored next is the new episode's first one, not the final one
+        assert not torch.equal(buf.observations[step + 1], final)
+
+
+def test_next_step_autoreset_drops_the_reset_transition() -> None:
+    env = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="vector_entry_point", max_episode_steps=5)
+    model = agents.PPO("MlpPolicy", env, n_steps=12, batch_size=12, n_epochs=1, seed=0, learning_rate=1e-12)
+    model.learn(24)
+    buf = model.rollout_buffer
+    # an episode of 5 steps then one reset step: rows 5 and 11 of the second rollout are reset steps
+    ended = buf.dones & buf.valid
+    assert int((~buf.valid).sum()) == int(ended.sum())
+    assert len(buf.flatten()) == 24 - int((~buf.valid).sum())
+    # truncated at t: advantage uses V(obs at t+1), the true final observation, and stops there
+    t = int(ended[:, 0].nonzero()[0])
+    expected = buf.rewards[t, 0] + model.gamma * buf.values[t + 1, 0] - buf.values[t, 0]
+    if not bool(buf.terminated[t, 0]):
+        torch.testing.assert_close(buf.advantages[t, 0], expected)
+
+
+# --------------------------------------------------------------------------------------------- on device
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_training_stays_on_the_device(algo: str, device: torch.device) -> None:
+    import envs
+
+    env = envs.make("CartPole-v1", num_envs=4, device=device, seed=0, autoreset_mode="same_step")
+    model = _make(algo, env=env, device=device)
+    model.learn(2 * 4 * ALGOS[algo][1]["n_steps"])
+    buf = model.rollout_buffer
+    for name in ("observations", "actions", "rewards", "values", "advantages", "valid"):
+        assert getattr(buf, name).device.type == device.type, name
+    assert isinstance(model._last_obs, torch.Tensor) and model._last_obs.device.type == device.type
+    assert all(p.device.type == device.type for p in model.policy.parameters())
+
+
+@pytest.mark.parametrize(("optimizer", "separate"), [("adam", False), ("sps", False), ("sls", True), ("ponos", True)])
+def test_line_searches_step_policy_and_critic_separately(optimizer: str, separate: bool, tmp_path: Path) -> None:
+    model = _make("PPO", optimizer=optimizer)
+    assert model.separate_critic is separate
+    assert (model.critic_optimizer is not None) is separate
+    if separate:
+        assert type(model.critic_optimizer) is type(model.optimizer)
+        actor = {id(p) for g in model.optimizer.param_groups for p in g["params"]}
+        critic = {id(p) for g in model.critic_optimizer.param_groups for p in g["params"]}
+        assert actor.isdisjoint(critic)
+        assert critic == {id(p) for p in model.policy.critic.parameters()}
+    model.learn(128)
+    model.save(tmp_path / "m.zip")
+    loaded = agents.PPO.load(tmp_path / "m.zip")
+    assert loaded.separate_critic is separate
+
+
+def test_learning_rate_schedule_applies_to_torch_optimizers() -> None:
+    from agents.hyperparams import linear_schedule
+
+    model = _make("A2C", learning_rate=linear_schedule(1e-3))
+    seen: list[float] = []
+    train = model.train
+
+    def spy() -> None:
+        seen.append(model.optimizer.param_groups[0]["lr"])
+        train()
+
+    model.train = spy  # type: ignore[method-assign]
+    model.learn(4 * 8 * 4)
+    # as in SB3, the progress is updated after each rollout, so update k of 4 runs at 1 - k / 4
+    assert seen == pytest.approx([1e-3 * (1 - k / 4) for k in range(1, 5)])
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_box_actions(algo: str) -> None:
+    n_steps = 256 if algo == "REINFORCE" else ALGOS[algo][1]["n_steps"]  # episodes of 200 steps end inside
+    model = _make(algo, env="Pendulum-v1", n_steps=n_steps)
+    model.learn(2 * 4 * n_steps)
+    assert model.rollout_buffer.actions.shape[-1] == 1 and model.rollout_buffer.actions.dtype == torch.float32
+    obs = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    actions, _ = model.predict(obs, deterministic=False)
+    assert actions.shape == (16, 1) and np.all(np.abs(actions) <= 2.0)
+    assert model.policy.log_std.requires_grad
+
+
+def test_set_env_switches_the_training_env() -> None:
+    import envs
+
+    model = _make("PPO")
+    model.learn(64)
+    model.set_env(envs.make("CartPole-v1", num_envs=4, seed=5, autoreset_mode="same_step"))
+    model.learn(64, reset_num_timesteps=False)
+    assert model.num_timesteps == 128
+    with pytest.raises(ValueError, match="spaces do not match"):
+        model.set_env(envs.make("Pendulum-v1", num_envs=4, autoreset_mode="same_step"))
+    model.learn(64, reset_num_timesteps=False)  # the failed switch left the model training on CartPole
+    assert model.num_timesteps == 192
