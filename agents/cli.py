@@ -4,8 +4,10 @@
                 [--total-timesteps T] [--config file.yaml] [--optimizer-kwargs JSON] [--log-dir runs]
 
 Defaults: PPO on the tensor-batched CartPole-v1, on the CPU, with the tuned hyperparameters of
-``agents/hyperparams.yaml``. Shows a progress bar, logs TensorBoard scalars under ``runs/``, prints a final
-evaluation, saves the model and a PNG of the return and the step size over training in the run folder.
+``agents/hyperparams.yaml``. Shows a progress bar, logs TensorBoard scalars under ``runs/``, evaluates the
+deterministic policy every ``--eval-freq`` env steps (keeping the best model, ``best_model.zip``, and stopping
+once the env's reward threshold is reached, as the RL Zoo does), prints a final evaluation, saves the final
+model and a PNG of the return and the step size over training in the run folder.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="YAML file of agent keyword arguments (and total_timesteps) overriding the tuned defaults")
     p.add_argument("--log-dir", type=Path, default=Path("runs"), help="TensorBoard and output folder (default: runs)")
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes of the final evaluation (default: 10)")
+    p.add_argument("--eval-freq", type=int, default=10_000,
+                   help="evaluate every this many env steps during training, keeping the best model (default: 10000;"
+                   " 0 disables)")
+    p.add_argument("--stop-at", type=float, default=None,
+                   help="stop once an evaluation reaches this mean return (default: the env's reward threshold,"
+                   " e.g. 475 for CartPole-v1)")
+    p.add_argument("--no-stop", action="store_true", help="train for the whole budget even once solved")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--verbose", type=int, default=0, help="SB3 verbosity (1: print the log table)")
     return p
@@ -51,11 +60,23 @@ def _load_config(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         raise FileNotFoundError(f"--config: no such file: {path}")
+    from agents.hyperparams import parse_schedules
+
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ValueError(f"--config: expected a mapping of agent keyword arguments, got {type(data).__name__}")
-    return data
+    return parse_schedules(data)
+
+
+def _reward_threshold(env_id: str) -> float | None:
+    import gymnasium as gym
+
+    try:
+        threshold = gym.spec(env_id).reward_threshold
+    except gym.error.Error:
+        return None
+    return None if threshold is None else float(threshold)
 
 
 def plot_run(run_dir: Path, out: Path) -> Path:
@@ -86,6 +107,21 @@ def plot_run(run_dir: Path, out: Path) -> Path:
     return out
 
 
+def _periodic_evaluation(eval_env: Any, threshold: float | None, n_episodes: int, every: int) -> Any:
+    """SB3's EvalCallback saving ``best_model.zip`` into the run folder, stopping at ``threshold``."""
+    from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
+
+    class RunDirEvalCallback(EvalCallback):
+        # the run folder is known only once learn() has configured the logger
+        def _init_callback(self) -> None:
+            self.best_model_save_path = self.model.logger.get_dir()
+            super()._init_callback()
+
+    stop = StopTrainingOnRewardThreshold(threshold, verbose=0) if threshold is not None else None
+    return RunDirEvalCallback(eval_env, callback_on_new_best=stop, n_eval_episodes=n_episodes, eval_freq=every,
+                              deterministic=True, verbose=0)
+
+
 def train_main(argv: list[str] | None = None) -> int:
     """Entry point of ``rlopt train``; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -110,14 +146,24 @@ def train_main(argv: list[str] | None = None) -> int:
     model = cls("MlpPolicy", args.env, optimizer=args.optimizer, seed=args.seed, device=args.device,
                 tensorboard_log=str(args.log_dir), verbose=args.verbose, **kwargs)
     name = f"{args.algo}_{args.env}_{args.optimizer}_s{args.seed}"
-    print(f"Training {args.algo} on {args.env} with {args.optimizer} for {total} steps "
-          f"({model.n_envs} envs, device {model.device})")
-    model.learn(total, tb_log_name=name, progress_bar=not args.no_progress)
-    run_dir = Path(model.logger.get_dir() or args.log_dir / name)
+    threshold = None if args.no_stop else (args.stop_at if args.stop_at is not None else _reward_threshold(args.env))
+    print(f"Training {args.algo} on {args.env} with {args.optimizer} for up to {total} steps "
+          f"({model.n_envs} envs, device {model.device})"
+          + (f", stopping at an evaluation return of {threshold:g}" if threshold is not None else ""))
     eval_env = agents.make_eval_env(args.env, n_envs=min(args.eval_episodes, 10), device=args.device,
                                     seed=args.seed + 1)
+    callback = None
+    if args.eval_freq > 0:
+        callback = _periodic_evaluation(eval_env, threshold, args.eval_episodes,
+                                        max(args.eval_freq // model.n_envs, 1))
+    model.learn(total, callback=callback, tb_log_name=name, progress_bar=not args.no_progress)
+    run_dir = Path(model.logger.get_dir() or args.log_dir / name)
     mean, std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
-    print(f"Final evaluation over {args.eval_episodes} episodes: {mean:.2f} +/- {std:.2f}")
+    print(f"Final evaluation over {args.eval_episodes} episodes after {model.num_timesteps} steps: "
+          f"{mean:.2f} +/- {std:.2f}")
+    if callback is not None and (run_dir / "best_model.zip").exists():
+        print(f"Best evaluation during training: {callback.best_mean_reward:.2f} "
+              f"(saved to {run_dir / 'best_model.zip'})")
     model_path = run_dir / "model.zip"
     model.save(model_path)
     png = plot_run(run_dir, run_dir / "training.png")

@@ -42,8 +42,15 @@ def hyperparams(algorithm: str, env_id: str) -> dict[str, Any]:
     table = _table()
     if algorithm not in table:
         raise ValueError(f"Invalid algorithm: {algorithm!r}, expected one of {sorted(table)}")
-    params = copy.deepcopy(table[algorithm].get(env_id, {}))
+    return parse_schedules(copy.deepcopy(table[algorithm].get(env_id, {})))
+
+
+def parse_schedules(params: dict[str, Any]) -> dict[str, Any]:
+    """Replace every ``"lin_<x>"`` value by :func:`linear_schedule` of ``x`` (in place; returns ``params``)."""
     for key, value in params.items():
         if isinstance(value, str) and value.startswith("lin_"):
-            params[key] = linear_schedule(float(value[4:]))
+            try:
+                params[key] = linear_schedule(float(value[4:]))
+            except ValueError:
+                raise ValueError(f"Invalid {key}: {value!r}, expected 'lin_<number>'") from None
     return params
