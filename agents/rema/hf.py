@@ -67,7 +67,8 @@ class HFPolicy(Policy):
         self.tokenizer = tokenizer
         self.eos_id = int(eos)
         self.pad_id = int(pad)
-        self.max_length = int(max_length or getattr(model.config, "max_position_embeddings", 2048))
+        context: Any = max_length or getattr(model.config, "max_position_embeddings", None) or 2048
+        self.max_length = int(context)
 
     def encode_chat(self, messages: list[Message], add_generation_prompt: bool = True) -> list[int]:
         """Ids of ``tokenizer.apply_chat_template(messages)`` (rendered to text, then tokenized without
