@@ -294,7 +294,7 @@ class TinyConfig:
     n_layers: int = 2
     n_heads: int = 4
     d_ff: int = 256
-    max_length: int = 128
+    max_length: int = 192
     vocab_size: int | None = field(default=None)
 
     def __post_init__(self) -> None:

@@ -110,8 +110,9 @@ class ReMA:
     """The ReMA trainer with ``learn``/``evaluate``/``save``/``load`` in the style of the other agents.
 
     Args:
-        tasks: ``"arithmetic"`` (the built-in task stream of :mod:`envs.reasoning`, 2-4 operands) or a
-            non-empty sequence of :class:`envs.reasoning.ReasoningTask` (e.g. from ``load_jsonl``).
+        tasks: ``"arithmetic"`` (the built-in task stream of :mod:`envs.reasoning`, 2-4 operands), an
+            :class:`envs.reasoning.ArithmeticTasks` stream, or a non-empty sequence of
+            :class:`envs.reasoning.ReasoningTask` (e.g. from ``load_jsonl``).
         policy: ``"tiny"`` (built-in character transformers from ``tiny_config``), a :class:`Policy` (copied
             for the second agent when weights are separate) or a mapping ``{"meta": ..., "reasoner": ...}``.
         mode: ``"rema"`` (two agents), ``"vrp"`` or ``"mrp"`` (single-agent baselines).
@@ -163,7 +164,7 @@ class ReMA:
 
     def __init__(
         self,
-        tasks: str | Sequence[ReasoningTask] = "arithmetic",
+        tasks: str | ArithmeticTasks | Sequence[ReasoningTask] = "arithmetic",
         policy: str | Policy | Mapping[str, Policy] = "tiny",
         *,
         mode: str = "rema",
@@ -234,9 +235,12 @@ class ReMA:
         self.tensorboard_log = tensorboard_log
 
         # tasks
-        if isinstance(tasks, str):
-            _check_choice("tasks", tasks, ("arithmetic",))
-            self._task_stream: ArithmeticTasks | None = ArithmeticTasks(2, 4, modulus=modulus, seed=self.seed)
+        if isinstance(tasks, (str, ArithmeticTasks)):
+            if isinstance(tasks, str):
+                _check_choice("tasks", tasks, ("arithmetic",))
+                tasks = ArithmeticTasks(2, 4, modulus=modulus, seed=self.seed)
+            self._task_stream: ArithmeticTasks | None = tasks
+            self.modulus = modulus = tasks.modulus
             self.tasks: list[ReasoningTask] = []
             default_eval = make_split("test", 128, seed=self.seed, modulus=modulus)
             default_ood = make_split("ood", 128, seed=self.seed, modulus=modulus)
@@ -390,7 +394,8 @@ class ReMA:
         if not isinstance(steps, int) or steps < 0:
             raise ValueError(f"Invalid steps: {steps!r}, expected a non-negative integer")
         generator = torch.Generator().manual_seed(self.seed + 3)
-        pool = ArithmeticTasks(2, 4, modulus=self.modulus, seed=self.seed + 4).sample(n_tasks)
+        low, high = (self._task_stream.min_operands, self._task_stream.max_operands) if self._task_stream else (2, 4)
+        pool = ArithmeticTasks(low, high, modulus=self.modulus, seed=self.seed + 4).sample(n_tasks)
         demos = demonstrations(pool, self.mode, generator, p_bad_plan, self.multi_turn, self.prompts)
         losses: dict[str, float] = {}
         for name, roles in self._model_roles().items():
@@ -435,9 +440,6 @@ class ReMA:
         if evaluation tasks exist). ``callback(stats)`` returning ``False`` stops training."""
         if not isinstance(total_updates, int) or total_updates < 0:
             raise ValueError(f"Invalid total_updates: {total_updates!r}, expected a non-negative integer")
-        if not self.references:
-            for name, roles in self._model_roles().items():
-                self.references[name] = self.policies[roles[0]].frozen_copy()
         if self.tensorboard_log is not None and self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -465,6 +467,9 @@ class ReMA:
 
     def train_step(self) -> dict[str, float]:
         """One update: a rollout batch, then ``n_epochs`` optimizer steps of each trained model."""
+        if not self.references:  # the reference is the policy at the start of RL (after any warm start)
+            for name, roles in self._model_roles().items():
+                self.references[name] = self.policies[roles[0]].frozen_copy()
         tasks = self._next_tasks()
         start = time.perf_counter()
         rollout = self.rollout(tasks)
@@ -535,7 +540,7 @@ class ReMA:
             loss = rlopt.closure_step(optimizer, closure, max_grad_norm=self.max_grad_norm, value=value)
         step_size = getattr(optimizer, "stats", {}).get("step_size", optimizer.param_groups[0].get("lr", 0.0))
         for role in batches:
-            stats[f"{role}/loss"] = float(loss)
+            stats[f"{role}/loss"] = float(loss.detach())
             stats[f"{role}/step_size"] = float(step_size)
         return stats
 
@@ -589,6 +594,8 @@ class ReMA:
             "kwargs": self._init_kwargs,
             "policy": self._policy_spec,
             "tiny_config": asdict(self.tiny_config),
+            "rewards": asdict(self.rewards),
+            "prompts": asdict(self.prompts),
             "optimizer": self._optimizer_spec,
             "optimizer_kwargs": self._optimizer_kwargs,
             "tasks": [asdict(t) for t in self.tasks],
@@ -600,6 +607,9 @@ class ReMA:
             "counters": [self.num_updates, self.num_samples, self.num_generated_tokens],
             "history": self.history,
             "task_stream": None if self._task_stream is None else self._task_stream.generator.get_state(),
+            "stream_config": None if self._task_stream is None else [
+                self._task_stream.min_operands, self._task_stream.max_operands, self._task_stream.modulus,
+                self._task_stream.max_operand, self._task_stream.operators],
             "sampler": self.sampler.get_state(),
         }
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -614,23 +624,33 @@ class ReMA:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
-             policy: Policy | Mapping[str, Policy] | None = None) -> ReMA:
-        """A trainer restored from :meth:`save` (pass ``policy`` for checkpoints of custom policies)."""
+             policy: Policy | Mapping[str, Policy] | None = None, **overrides: Any) -> ReMA:
+        """A trainer restored from :meth:`save` (pass ``policy`` for checkpoints of custom policies).
+
+        ``overrides`` replace constructor arguments, e.g. ``rewards=`` for a :class:`RewardConfig` subclass
+        (only the fields of the reward settings are stored) or ``tensorboard_log=``.
+        """
         state = torch.load(Path(path), map_location="cpu", weights_only=False)
         if not isinstance(state, dict) or state.get("format") != 1:
             raise ValueError(f"Invalid checkpoint: {path} is not a ReMA checkpoint")
         if state["policy"] != "tiny" and policy is None:
             raise ValueError("Invalid policy: this checkpoint holds custom policies, pass policy= to load")
         kwargs = dict(state["kwargs"])
-        tasks: Any = [ReasoningTask(**t) for t in state["tasks"]] or "arithmetic"
+        tasks: Any = [ReasoningTask(**t) for t in state["tasks"]]
+        if state["stream_config"] is not None:
+            low, high, modulus, max_operand, operators = state["stream_config"]
+            tasks = ArithmeticTasks(low, high, modulus, max_operand, operators, seed=int(kwargs["seed"]))
         optimizer = state["optimizer"]
         if "custom" in optimizer.values():
             raise ValueError("Invalid checkpoint: optimizer classes are not stored; rebuild the trainer and load "
                              "its state instead")
-        agent = cls(tasks, policy if policy is not None else "tiny", tiny_config=TinyConfig(**state["tiny_config"]),
-                    optimizer=optimizer, optimizer_kwargs=state["optimizer_kwargs"],
-                    eval_tasks=[ReasoningTask(**t) for t in state["eval_tasks"]],
-                    ood_tasks=[ReasoningTask(**t) for t in state["ood_tasks"]], device=device, **kwargs)
+        kwargs.update(tiny_config=TinyConfig(**state["tiny_config"]), optimizer=optimizer,
+                      optimizer_kwargs=state["optimizer_kwargs"], rewards=RewardConfig(**state["rewards"]),
+                      prompts=Prompts(**state["prompts"]),
+                      eval_tasks=[ReasoningTask(**t) for t in state["eval_tasks"]],
+                      ood_tasks=[ReasoningTask(**t) for t in state["ood_tasks"]], device=device)
+        kwargs.update(overrides)
+        agent = cls(tasks, policy if policy is not None else "tiny", **kwargs)
         for name, sd in state["models"].items():
             agent.policies[agent._model_roles()[name][0]].load_state_dict(sd)
         for name, sd in state["references"].items():

@@ -56,7 +56,7 @@ def tiny_hf_model(seed: int = 0, chat_template: bool = True) -> tuple[Any, Any]:
             "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% if m['role'] == 'assistant' %}<eos>"
             "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
     config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          pad_token_id=0, eos_token_id=1, bos_token_id=None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

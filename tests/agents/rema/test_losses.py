@@ -82,7 +82,8 @@ def test_policy_loss_turn_ratio_clips_per_turn_and_averages_per_trajectory() -> 
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     token_loss = policy_loss(logp, old, adv, mask, torch.tensor([0, 0, 1]), ratio="turn", aggregate="token")
     weights = mask.sum(1)
-    assert token_loss.item() == pytest.approx(sum(t * w for t, w in zip(turn, weights.tolist())) / 6, rel=1e-6)
+    weighted = sum(t * w for t, w in zip(turn, weights.tolist(), strict=True)) / 6
+    assert token_loss.item() == pytest.approx(weighted, rel=1e-6)
 
 
 def test_policy_loss_gradient_at_ratio_one_is_the_policy_gradient() -> None:

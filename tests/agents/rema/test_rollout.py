@@ -125,7 +125,8 @@ def test_demonstrations_are_correct_for_precedence_plans_and_faithful_otherwise(
     tasks = make_split("train", 200, seed=1)
     for p_bad in (0.0, 1.0):
         demos = demonstrations(tasks, "rema", torch.Generator().manual_seed(0), p_bad_plan=p_bad)
-        right = [answers_match(extract_answer(text), t.answer) for (_, text), t in zip(demos["reasoner"], tasks)]
+        pairs = zip(demos["reasoner"], tasks, strict=True)
+        right = [answers_match(extract_answer(text), t.answer) for (_, text), t in pairs]
         if p_bad == 0.0:
             assert all(right)
         else:
@@ -133,7 +134,8 @@ def test_demonstrations_are_correct_for_precedence_plans_and_faithful_otherwise(
         assert all(extract_answer(text) is None for _, text in demos["meta"])  # plans never state the answer
     for mode in ("vrp", "mrp"):
         demos = demonstrations(tasks, mode, torch.Generator().manual_seed(0), p_bad_plan=0.0)
-        assert all(answers_match(extract_answer(text), t.answer) for (_, text), t in zip(demos["reasoner"], tasks))
+        pairs = zip(demos["reasoner"], tasks, strict=True)
+        assert all(answers_match(extract_answer(text), t.answer) for (_, text), t in pairs)
     multi = demonstrations(tasks[:5], "rema", torch.Generator().manual_seed(0), p_bad_plan=0.0, multi_turn=True)
     assert sum(FINISH in text for _, text in multi["meta"]) == 5
     with pytest.raises(ValueError, match="expression"):
