@@ -365,20 +365,22 @@ class ReMA:
         return out
 
     def rollout(self, tasks: Sequence[ReasoningTask], greedy: bool = False, n_plans: int | None = None,
-                n_answers: int | None = None) -> Rollout:
-        """Episodes of the current policies on ``tasks`` (sampled, or greedy with one sample each)."""
+                n_answers: int | None = None, generator: torch.Generator | None = None) -> Rollout:
+        """Episodes of the current policies on ``tasks`` (sampled with ``generator``, default the trainer's
+        sampler, or greedy with one sample each)."""
         sampling = Sampling(self.sampling.max_new_tokens, self.sampling.temperature, self.sampling.top_p, greedy)
         n_plans = n_plans or (1 if greedy else self.n_plans)
         n_answers = n_answers or (1 if greedy else self.n_answers)
+        generator = generator or self.sampler
         if self.mode != "rema":
-            return rollout_single_agent(self.policies["reasoner"], tasks, n_plans * n_answers, sampling, self.sampler,
+            return rollout_single_agent(self.policies["reasoner"], tasks, n_plans * n_answers, sampling, generator,
                                         self.prompts, self.rewards, self.mode)
         if self.multi_turn:
             return rollout_multi_turn(self.policies["meta"], self.policies["reasoner"], tasks, n_plans, sampling,
-                                      self.max_turns, self.max_prompt_length, self.sampler, self.prompts,
+                                      self.max_turns, self.max_prompt_length, generator, self.prompts,
                                       self.rewards)
         return rollout_single_turn(self.policies["meta"], self.policies["reasoner"], tasks, n_plans, n_answers,
-                                   sampling, self.sampler, self.prompts, self.rewards)
+                                   sampling, generator, self.prompts, self.rewards)
 
     # ------------------------------------------------------------------ warm start
     def warm_start(self, steps: int = 300, batch_size: int = 64, lr: float = 3e-3, p_bad_plan: float = 0.3,
@@ -546,21 +548,25 @@ class ReMA:
 
     # ------------------------------------------------------------------ evaluation and logging
     @torch.no_grad()
-    def evaluate(self, tasks: Sequence[ReasoningTask], batch_size: int = 256) -> dict[str, float]:
-        """Greedy accuracy on ``tasks`` and the mean generated tokens per question (one plan, one answer).
+    def evaluate(self, tasks: Sequence[ReasoningTask], batch_size: int = 256, greedy: bool = True,
+                 n_samples: int = 1, seed: int = 0) -> dict[str, float]:
+        """Accuracy on ``tasks`` (greedy, or the mean over ``n_samples`` sampled episodes per question drawn
+        with a generator seeded by ``seed``) and the mean generated tokens per episode.
 
-        The sampler's state is untouched, so evaluation never changes the course of training.
+        The trainer's sampler is untouched, so evaluation never changes the course of training.
         """
         if not tasks:
             raise ValueError("Invalid tasks: the evaluation set is empty")
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        episodes = 1 if greedy else n_samples
         correct = 0.0
         tokens = 0.0
         for i in range(0, len(tasks), batch_size):
             chunk = list(tasks[i : i + batch_size])
-            rollout = self.rollout(chunk, greedy=True)
-            correct += rollout.stats["accuracy"] * len(chunk)
+            rollout = self.rollout(chunk, greedy=greedy, n_plans=episodes, n_answers=1, generator=generator)
+            correct += rollout.stats["accuracy"] * len(chunk) * episodes
             tokens += rollout.stats["generated_tokens"]
-        return {"accuracy": correct / len(tasks), "tokens_per_question": tokens / len(tasks)}
+        return {"accuracy": correct / (len(tasks) * episodes), "tokens_per_question": tokens / (len(tasks) * episodes)}
 
     def _record_eval(self) -> None:
         row: dict[str, float] = {"update": float(self.num_updates), "samples": float(self.num_samples),
