@@ -384,9 +384,10 @@ class ReMA:
 
     # ------------------------------------------------------------------ warm start
     def warm_start(self, steps: int = 300, batch_size: int = 64, lr: float = 3e-3, p_bad_plan: float = 0.3,
-                   n_tasks: int = 4000) -> dict[str, float]:
+                   n_tasks: int = 4000, p_unformatted: float = 0.0, p_leak: float = 0.0) -> dict[str, float]:
         """Supervised warm start of the tiny models on generated demonstrations (cross-entropy on the
-        assistant tokens, Adam). Returns the final loss per model.
+        assistant tokens, Adam). Returns the final loss per model. The noise levels are those of
+        :func:`agents.rema.rollout.demonstrations`.
 
         Raises:
             ValueError: without the built-in arithmetic tasks (demonstrations need expressions).
@@ -398,7 +399,8 @@ class ReMA:
         generator = torch.Generator().manual_seed(self.seed + 3)
         low, high = (self._task_stream.min_operands, self._task_stream.max_operands) if self._task_stream else (2, 4)
         pool = ArithmeticTasks(low, high, modulus=self.modulus, seed=self.seed + 4).sample(n_tasks)
-        demos = demonstrations(pool, self.mode, generator, p_bad_plan, self.multi_turn, self.prompts)
+        demos = demonstrations(pool, self.mode, generator, p_bad_plan, self.multi_turn, self.prompts, p_unformatted,
+                               p_leak)
         losses: dict[str, float] = {}
         for name, roles in self._model_roles().items():
             policy = self.policies[roles[0]]

@@ -420,6 +420,8 @@ def demonstrations(
     p_bad_plan: float = 0.3,
     multi_turn: bool = False,
     prompts: Prompts = TINY_PROMPTS,
+    p_unformatted: float = 0.0,
+    p_leak: float = 0.0,
 ) -> dict[str, list[tuple[list[dict[str, str]], str]]]:
     """Warm-start demonstrations per role: ``(chat before the turn, assistant text)`` pairs.
 
@@ -430,6 +432,10 @@ def demonstrations(
     plan; MRP demonstrations write the plan, ``:``, then the execution. Multi-turn demonstrations give one
     operator index per meta turn (the last with ``[FINISH]``) and one reduction per reasoner turn (the last
     marked as the answer).
+
+    Format noise, for studying the format terms of the rewards: with probability ``p_unformatted`` a
+    (single-turn) solution ends without the answer marker, and with probability ``p_leak`` a single-turn plan
+    ends by stating the answer in the marked format (which the meta agent's reward penalises).
 
     Raises:
         ValueError: for tasks without an arithmetic expression (loaded tasks have no demonstrations).
@@ -445,6 +451,10 @@ def demonstrations(
         plan = _random_plan(n_ops, generator) if bad else precedence_plan(task.expression)
         plan_text = "".join(map(str, plan))
         solution = _solution(task.expression, plan, task.modulus)
+        if p_unformatted and bool(torch.rand((), generator=generator) < p_unformatted):
+            solution = solution[: solution.rindex(";")]  # the last step without the marked answer
+        if p_leak and bool(torch.rand((), generator=generator) < p_leak):
+            plan_text = f"{plan_text};{format_answer(task.answer)}"
         if mode in ("vrp", "mrp"):
             system = prompts.vrp_system if mode == "vrp" else prompts.mrp_system
             text = solution if mode == "vrp" else f"{plan_text}:{solution}"
