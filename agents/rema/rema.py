@@ -384,7 +384,7 @@ class ReMA:
 
     # ------------------------------------------------------------------ warm start
     def warm_start(self, steps: int = 300, batch_size: int = 64, lr: float = 3e-3, p_bad_plan: float = 0.3,
-                   n_tasks: int = 4000, p_unformatted: float = 0.0, p_leak: float = 0.0) -> dict[str, float]:
+                   n_tasks: int | None = None, p_unformatted: float = 0.0, p_leak: float = 0.0) -> dict[str, float]:
         """Supervised warm start of the tiny models on generated demonstrations (cross-entropy on the
         assistant tokens, Adam). Returns the final loss per model. The noise levels are those of
         :func:`agents.rema.rollout.demonstrations`.
@@ -398,6 +398,8 @@ class ReMA:
             raise ValueError(f"Invalid steps: {steps!r}, expected a non-negative integer")
         generator = torch.Generator().manual_seed(self.seed + 3)
         low, high = (self._task_stream.min_operands, self._task_stream.max_operands) if self._task_stream else (2, 4)
+        # a pool of distinct demonstration tasks, at most one per example drawn (default cap 4000)
+        n_tasks = n_tasks if n_tasks is not None else max(1, min(4000, steps * batch_size))
         pool = ArithmeticTasks(low, high, modulus=self.modulus, seed=self.seed + 4).sample(n_tasks)
         demos = demonstrations(pool, self.mode, generator, p_bad_plan, self.multi_turn, self.prompts, p_unformatted,
                                p_leak)

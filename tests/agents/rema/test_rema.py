@@ -181,6 +181,14 @@ def test_single_agent_baselines_train_one_model() -> None:
         assert "meta/reward" not in stats
 
 
+def test_multi_turn_grpo_update_runs_and_reports_termination() -> None:
+    agent = _agent(multi_turn=True, algorithm="grpo", n_answers=1, max_turns=2, max_new_tokens=12)
+    stats = agent.train_step()
+    assert {"episodes/finished", "episodes/max_turns", "episodes/token_budget", "episodes/truncated"} <= set(stats)
+    assert sum(stats[f"episodes/{k}"] for k in ("finished", "max_turns", "token_budget", "truncated")) == 1.0
+    assert agent.num_updates == 1
+
+
 def test_user_tasks_and_the_hugging_face_policy() -> None:
     pytest.importorskip("transformers")
     from agents.rema.hf import HFPolicy
