@@ -74,7 +74,10 @@ def sample_next_token(
     """
     if greedy:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return _sample_from_probs(torch.softmax(logits.float() / temperature, dim=-1), top_p, generator)
+
+
+def _sample_from_probs(probs: Tensor, top_p: float, generator: torch.Generator | None) -> Tensor:
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # drop a token when the mass strictly before it already reaches top_p
@@ -186,9 +189,10 @@ class Policy(nn.Module):
             out_logp = []
             alive = []
             for _ in range(max_new_tokens):
-                token = sample_next_token(next_logits, temperature, top_p, generator, greedy)
-                token = torch.where(finished, torch.full_like(token, self.pad_id), token)
+                # one log-softmax serves both the sampling distribution and the returned log-probs
                 logp = torch.log_softmax(next_logits.float() / temperature, dim=-1)
+                token = next_logits.argmax(dim=-1) if greedy else _sample_from_probs(logp.exp(), top_p, generator)
+                token = torch.where(finished, torch.full_like(token, self.pad_id), token)
                 out_logp.append(logp.gather(-1, token.unsqueeze(-1)).squeeze(-1))
                 out_tokens.append(token)
                 alive.append(~finished)
