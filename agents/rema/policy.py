@@ -322,18 +322,20 @@ class _Block(nn.Module):
                                  nn.Linear(config.d_ff, config.d_model))
 
     def forward(
-        self, x: Tensor, attn_mask: Tensor, cache: tuple[Tensor, Tensor] | None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        self, x: Tensor, attn_mask: Tensor, cache: tuple[Tensor, Tensor] | None, start: int
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         batch, length, width = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(width, dim=-1)
         q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
-            k = torch.cat([cache[0], k], dim=2)
-            v = torch.cat([cache[1], v], dim=2)
+            # preallocated buffers written in place: no copy of the whole cache per generated token
+            cache[0][:, :, start : start + length] = k
+            cache[1][:, :, start : start + length] = v
+            k, v = cache[0][:, :, : start + length], cache[1][:, :, : start + length]
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, width))
         x = x + self.mlp(self.ln2(x))
-        return x, (k, v)
+        return x, cache
 
 
 class TinyTransformer(nn.Module):
@@ -360,11 +362,23 @@ class TinyTransformer(nn.Module):
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: list[Any] | None = None
-    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """Logits and the per-layer key/value cache (see :meth:`Policy.forward_logits`)."""
+    ) -> tuple[Tensor, list[Any] | None]:
+        """Logits and the per-layer key/value cache (see :meth:`Policy.forward_logits`).
+
+        Without a cache (a full forward, e.g. for training) none is built when gradients are enabled;
+        under ``torch.no_grad`` the first call allocates per-layer buffers for the whole context, which
+        later calls fill in place.
+        """
         length = input_ids.shape[1]
         total = attention_mask.shape[1]
         device = input_ids.device
+        start = total - length
+        if cache is None and not torch.is_grad_enabled():
+            heads, width = self.config.n_heads, self.config.d_model
+            shape = (input_ids.shape[0], heads, self.config.max_length, width // heads)
+            dtype = self.embed.weight.dtype
+            cache = [(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
+                     for _ in self.blocks]
         query_index = torch.arange(total - length, total, device=device)
         key_index = torch.arange(total, device=device)
         causal = key_index[None, :] <= query_index[:, None]
@@ -372,11 +386,9 @@ class TinyTransformer(nn.Module):
         # a padded query attends to itself so its row is never empty (an all-masked row gives NaN)
         attn_mask = (causal[None, None] & valid) | (key_index[None, :] == query_index[:, None])[None, None]
         x = self.embed(input_ids) + self.position(position_ids.clamp(max=self.config.max_length - 1))
-        new_cache = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, attn_mask, None if cache is None else cache[i])
-            new_cache.append(kv)
-        return self.head(self.ln_f(x)), new_cache
+            x, _ = block(x, attn_mask, None if cache is None else cache[i], start)
+        return self.head(self.ln_f(x)), cache
 
 
 class TinyPolicy(Policy):
