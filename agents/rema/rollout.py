@@ -112,6 +112,11 @@ class RewardConfig:
     answering its plan, plus ``leak_penalty`` if the plan contains a marked answer (it must not state the
     answer). Multi-turn (App. D.2): both agents get ``correct`` when the episode finished (code 0) and the
     last answer is right, else 0.
+
+    Example:
+        >>> rewards = RewardConfig()
+        >>> [rewards.reasoner(text, "7") for text in ("3+4=7;\\\\boxed{7}", "\\\\boxed{6}", "7")]
+        [(1.0, True), (-0.5, False), (-1.0, False)]
     """
 
     correct: float = 1.0

@@ -126,3 +126,13 @@ def test_hf_adapter_rejects_a_tokenizer_without_chat_template() -> None:
 
 def test_docstring_examples() -> None:
     assert doctest.testmod(policy_module, raise_on_error=False).failed == 0
+
+
+def test_hf_adapter_without_transformers_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from agents.rema.hf import require_transformers
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
+    with pytest.raises(ImportError, match=r"rlopt\[llm\]"):
+        require_transformers()

@@ -140,3 +140,11 @@ def test_demonstrations_are_correct_for_precedence_plans_and_faithful_otherwise(
     assert sum(FINISH in text for _, text in multi["meta"]) == 5
     with pytest.raises(ValueError, match="expression"):
         demonstrations([ReasoningTask("q", "1")], "rema", torch.Generator())
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    from agents.rema import rollout
+
+    assert doctest.testmod(rollout, raise_on_error=False).failed == 0
