@@ -22,7 +22,7 @@ import argparse
 import json
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import torch
@@ -130,15 +130,18 @@ def main() -> None:
     speed = {"cpu": throughput("cpu")}
     if torch.cuda.is_available():
         speed["cuda"] = throughput("cuda")
-    print(json.dumps({"throughput": speed}))
+    print(json.dumps({"throughput": speed}), flush=True)
     if args["skip_table"]:
         return
     jobs = [(mode, seed) for seed in args["seeds"] for mode in MODES]
+    results = []
     with ProcessPoolExecutor(max_workers=args["jobs"]) as pool:
-        results = list(pool.map(run, *zip(*jobs, strict=True), [args] * len(jobs)))
-    for r in results:
-        print(json.dumps({k: r[k] for k in ("mode", "seed", "warm_start_s", "update_s", "rollout_tokens_per_s")}
-                         | {"final": r["history"][-1], "initial": r["history"][0]}))
+        futures = [pool.submit(run, mode, seed, args) for mode, seed in jobs]
+        for future in as_completed(futures):  # print each run as it ends
+            r = future.result()
+            results.append(r)
+            print(json.dumps({k: r[k] for k in ("mode", "seed", "warm_start_s", "update_s", "rollout_tokens_per_s",
+                                                "history")}), flush=True)
     print("\n| method | ID acc (warm start) | ID acc (equal samples) | OOD acc (warm start) | OOD acc (equal samples) "
           "| ID acc (equal tokens) | OOD acc (equal tokens) | tokens/question | s/update |")
     print("|---|---|---|---|---|---|---|---|---|")
