@@ -87,11 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded = load_jsonl(args.tasks)
         cut = max(1, len(loaded) // 10) if len(loaded) > 1 else 0
         tasks, eval_tasks, ood_tasks = loaded[cut:] or loaded, loaded[:cut], []
-    policy: Any = "tiny"
-    if args.model != "tiny":
-        from agents.rema.hf import HFPolicy
-
-        policy = HFPolicy(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names, kwargs = _optimizer(args)
@@ -99,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes = ["rema", "vrp", "mrp"] if args.baselines else ["rema"]
     for mode in modes:
         start = time.perf_counter()
+        policy: Any = "tiny"
+        if args.model != "tiny":  # every method starts from the pretrained weights
+            from agents.rema.hf import HFPolicy
+
+            policy = HFPolicy(args.model).to(args.device)
         agent = ReMA(
             tasks, policy, mode=mode, algorithm=args.algorithm, multi_turn=args.multi_turn and mode == "rema",
             max_turns=args.max_turns, batch_questions=args.batch_questions,
