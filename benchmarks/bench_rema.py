@@ -64,8 +64,9 @@ def _at_tokens(history: list[dict[str, float]], budget: float, key: str) -> floa
     return within[-1][key]
 
 
-def throughput(device: str, batch: int = 256, new_tokens: int = 64) -> dict[str, float]:
-    """Tokens/s of the built-in sampler and of HF generate for equal-size models (one batch, after warm-up)."""
+def throughput(device: str, batch: int = 256, new_tokens: int = 64, repeats: int = 5) -> dict[str, float]:
+    """Tokens/s of the built-in sampler and of HF generate for equal-size models: the median of ``repeats``
+    batches, the two samplers interleaved so that both see the same background load."""
     from agents.rema import TinyConfig, TinyPolicy
 
     policy = TinyPolicy(TinyConfig(d_model=64, n_layers=2, max_length=192), seed=0).to(device)
@@ -73,7 +74,6 @@ def throughput(device: str, batch: int = 256, new_tokens: int = 64) -> dict[str,
     out: dict[str, float] = {}
 
     def timed(fn: Any) -> float:
-        fn()
         start = time.perf_counter()
         produced = fn()
         if device != "cpu":
@@ -87,11 +87,11 @@ def throughput(device: str, batch: int = 256, new_tokens: int = 64) -> dict[str,
         result = policy.generate([prompt] * batch, new_tokens, generator=g)
         return sum(len(t) for t in result.tokens)
 
-    out["rema_sampler_tokens_per_s"] = timed(ours)
+    samplers = {"rema_sampler_tokens_per_s": ours}
     try:
         from transformers import LlamaConfig, LlamaForCausalLM
     except ImportError:
-        return out
+        return _medians(samplers, timed, repeats)
     config = LlamaConfig(vocab_size=policy.tokenizer.vocab_size, hidden_size=64, intermediate_size=256,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
                          max_position_embeddings=192, pad_token_id=0, eos_token_id=None, bos_token_id=None)
@@ -104,8 +104,20 @@ def throughput(device: str, batch: int = 256, new_tokens: int = 64) -> dict[str,
                                     min_new_tokens=new_tokens, top_k=0, pad_token_id=0)
         return int((result.shape[1] - ids.shape[1]) * batch)
 
-    out["hf_generate_tokens_per_s"] = timed(hf)
+    samplers["hf_generate_tokens_per_s"] = hf
+    out.update(_medians(samplers, timed, repeats))
+    out["ratio_rema_over_hf"] = out["rema_sampler_tokens_per_s"] / out["hf_generate_tokens_per_s"]
     return out
+
+
+def _medians(samplers: dict[str, Any], timed: Any, repeats: int) -> dict[str, float]:
+    for fn in samplers.values():  # warm-up
+        fn()
+    values: dict[str, list[float]] = {name: [] for name in samplers}
+    for _ in range(repeats):
+        for name, fn in samplers.items():
+            values[name].append(timed(fn))
+    return {name: statistics.median(v) for name, v in values.items()}
 
 
 def main() -> None:
@@ -125,11 +137,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--skip-table", action="store_true", help="only the throughput measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="timed batches per sampler (median reported)")
     args = vars(parser.parse_args())
     torch.set_num_threads(1)
-    speed = {"cpu": throughput("cpu")}
+    speed = {"cpu": throughput("cpu", repeats=args["repeats"])}
     if torch.cuda.is_available():
-        speed["cuda"] = throughput("cuda")
+        speed["cuda"] = throughput("cuda", repeats=args["repeats"])
     print(json.dumps({"throughput": speed}), flush=True)
     if args["skip_table"]:
         return
