@@ -95,7 +95,9 @@ def throughput(device: str, batch: int = 256, new_tokens: int = 64, repeats: int
     config = LlamaConfig(vocab_size=policy.tokenizer.vocab_size, hidden_size=64, intermediate_size=256,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
                          max_position_embeddings=192, pad_token_id=0, eos_token_id=None, bos_token_id=None)
-    model = LlamaForCausalLM(config).to(device).eval()
+    model: Any = LlamaForCausalLM(config)
+    model.to(device)
+    model.eval()
     ids = torch.tensor([prompt] * batch, device=device)
 
     def hf() -> int:
