@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--multi-turn", action="store_true", help="multi-turn episodes ended by [FINISH]")
     parser.add_argument("--max-turns", type=int, default=8, help="meta turns per multi-turn episode")
     parser.add_argument("--updates", type=int, default=40, help="RL updates")
-    parser.add_argument("--warm-start-steps", type=int, default=400,
+    parser.add_argument("--warm-start-steps", type=int, default=600,
                         help="supervised warm-start steps for the tiny models (0 to skip)")
     parser.add_argument("--batch-questions", type=int, default=16, help="questions per update")
     parser.add_argument("--n-plans", type=int, default=2, help="plans (episodes) per question")
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--meta-optimizer", default=None, help="optimizer of the meta agent (overrides --optimizer)")
     parser.add_argument("--reasoner-optimizer", default=None,
                         help="optimizer of the reasoner (overrides --optimizer)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of adam/sgd (initial step of sls)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="learning rate of adam/sgd (initial step of sls)")
     parser.add_argument("--switch-every", type=int, default=10, help="updates between switches of the trained agent")
     parser.add_argument("--kl-coef", type=float, default=None, help="KL weight (default: 0.01 REINFORCE++, 0 GRPO)")
     parser.add_argument("--d-model", type=int, default=64, help="width of the tiny transformer")
