@@ -1,0 +1,56 @@
+"""ReMA: two-agent meta-thinking RL (Wan et al., arXiv 2503.09501).
+
+A meta-thinking agent writes a plan for a question, a reasoning agent follows it and answers in the marked
+format; both are trained by multi-agent RL (REINFORCE++ with separate weights and the alternating
+schedule, or GRPO with shared weights and the turn-level ratio), with any rlopt optimizer per agent.
+
+Example:
+    >>> from agents.rema import ReMA
+    >>> agent = ReMA(batch_questions=2, eval_tasks=[], ood_tasks=[])
+    >>> agent.roles
+    ('meta', 'reasoner')
+"""
+
+from agents.rema.losses import grpo_advantages, k3_kl, policy_loss, reinforce_pp_advantages, turn_level_ratio
+from agents.rema.policy import CharTokenizer, Generation, Policy, TinyConfig, TinyPolicy
+from agents.rema.rema import ALGORITHMS, MODES, ReMA
+from agents.rema.rollout import (
+    FINISH,
+    PAPER_PROMPTS,
+    ROLES,
+    TERMINATION,
+    TINY_PROMPTS,
+    Prompts,
+    RewardConfig,
+    Rollout,
+    Sampling,
+    Segment,
+    demonstrations,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "FINISH",
+    "MODES",
+    "PAPER_PROMPTS",
+    "ROLES",
+    "TERMINATION",
+    "TINY_PROMPTS",
+    "CharTokenizer",
+    "Generation",
+    "Policy",
+    "Prompts",
+    "ReMA",
+    "RewardConfig",
+    "Rollout",
+    "Sampling",
+    "Segment",
+    "TinyConfig",
+    "TinyPolicy",
+    "demonstrations",
+    "grpo_advantages",
+    "k3_kl",
+    "policy_loss",
+    "reinforce_pp_advantages",
+    "turn_level_ratio",
+]

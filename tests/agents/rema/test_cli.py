@@ -1,0 +1,44 @@
+"""``agents.rema.cli.main``: a short end-to-end run writes checkpoints, history, TensorBoard logs and the PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agents.rema import ReMA
+from agents.rema.cli import build_parser, main
+from agents.rema.plotting import plot_accuracy
+
+
+def test_cli_trains_rema_and_baselines_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    status = main(["--baselines", "--updates", "2", "--warm-start-steps", "2", "--batch-questions", "2",
+                   "--n-plans", "2", "--n-answers", "1", "--max-new-tokens", "16", "--d-model", "16",
+                   "--n-layers", "1", "--eval-every", "1", "--eval-size", "4", "--out", str(out),
+                   "--tensorboard-log", str(tmp_path / "tb"), "--optimizer", "sls", "--reasoner-optimizer", "adam"])
+    assert status == 0
+    history = json.loads((out / "history.json").read_text())
+    assert set(history) == {"rema", "vrp", "mrp"}
+    assert [row["update"] for row in history["rema"]] == [0, 1, 2]
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["mrp_1", "rema_1", "vrp_1"]
+    agent = ReMA.load(out / "rema.pt")
+    assert agent.num_updates == 2 and type(agent.optimizers["meta"]).__name__ == "SLS"
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_help_and_bad_input(tmp_path: Path) -> None:
+    assert "--baselines" in build_parser().format_help()
+    with pytest.raises(SystemExit):
+        main(["--algorithm", "ppo"])
+    with pytest.raises(FileNotFoundError):
+        main(["--tasks", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)])
+
+
+def test_plot_accuracy_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="x"):
+        plot_accuracy({"a": [{"samples": 0.0, "accuracy": 0.1}]}, tmp_path / "a.png", x="time")
+    with pytest.raises(ValueError, match="no run"):
+        plot_accuracy({"a": [{"samples": 0.0}]}, tmp_path / "a.png")
