@@ -31,13 +31,17 @@ __all__ = ["Direction", "DirectionStep", "Preconditioned", "SGDDirection", "squa
 
 
 def squared_norm(tensors: Sequence[Tensor]) -> Tensor:
-    """``sum_i ||t_i||^2`` over a list of tensors, with fused foreach norms, as a 0-d float64 tensor."""
+    """``sum_i ||t_i||^2`` over a list of tensors, with fused foreach norms, as a 0-d float64 tensor.
+
+    Few kernels on purpose: on small models each extra op costs as much as the arithmetic.
+    """
     if not tensors:
         return torch.zeros((), dtype=torch.float64)
     norms = torch._foreach_norm(list(tensors))
-    device = norms[0].device
-    stacked = torch.stack([n.to(device=device, dtype=torch.float64) for n in norms])
-    return stacked.square().sum()
+    device, dtype = norms[0].device, norms[0].dtype
+    if any(n.device != device or n.dtype != dtype for n in norms):
+        norms = [n.to(device=device, dtype=torch.float64) for n in norms]
+    return torch.stack(norms).to(torch.float64).square().sum()
 
 
 @dataclass

@@ -129,6 +129,12 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         """
         return values
 
+    def _scalar(self, value: Tensor) -> float:
+        """A loss value as a float, all-reduced when :meth:`_reduce` is overridden (one op otherwise)."""
+        if type(self)._reduce is StepSizeOptimizer._reduce:
+            return float(value)
+        return float(self._reduce(value.detach().to(torch.float64).reshape(1))[0])
+
     # ------------------------------------------------------------------ the step
     def _warn_once(self, key: str, message: str, stacklevel: int) -> None:
         # stacklevel points at the caller of step() (torch wraps step in one extra frame)
@@ -294,7 +300,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
                 snapshot.restore()
                 trial = closure()
                 self.stats["forward_calls"] += 1
-                trial_v = float(self._reduce(trial.detach().to(torch.float64).reshape(1))[0])
+                trial_v = self._scalar(trial)
                 if math.isfinite(trial_v) and trial_v <= proposal.reference - eta * decrease:
                     accepted = True
                     self.stats["accepted_loss"] = trial_v
