@@ -37,7 +37,7 @@ def squared_norm(tensors: Sequence[Tensor]) -> Tensor:
     """
     if not tensors:
         return torch.zeros((), dtype=torch.float64)
-    norms = torch._foreach_norm(list(tensors))
+    norms = list(torch._foreach_norm(list(tensors)))
     device, dtype = norms[0].device, norms[0].dtype
     if any(n.device != device or n.dtype != dtype for n in norms):
         norms = [n.to(device=device, dtype=torch.float64) for n in norms]
