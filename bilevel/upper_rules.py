@@ -34,6 +34,7 @@ import torch
 from bilevel import _tree
 from bilevel._tree import Tree
 from rlopt.envelope import Envelope, InvSqrt
+from rlopt.rules.polyak import polyak_step
 
 PRECONDITIONERS = (None, "adam")
 
@@ -227,5 +228,5 @@ class PolyakStep:
         gap = reference - self.f_star
         if not slope > 0 or not gap > 0:
             return UpperStep(0.0, 0, reference, reference, slope, bound, 0.0, False)
-        alpha = min(gap / (self.c * slope), bound)
+        alpha = min(polyak_step(gap, self.c, slope), bound)
         return UpperStep(alpha, 0, float("nan"), reference, slope, bound, 0.0, True)

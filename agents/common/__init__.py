@@ -2,7 +2,7 @@
 
 from agents.common.base import OnPolicyAgent
 from agents.common.buffer import RolloutBatch, RolloutBuffer, compute_gae
-from agents.common.optim import OPTIMIZER_NAMES, build_optimizer, optimizer_step, step_stats
+from agents.common.optim import OPTIMIZER_NAMES, build_optimizer, step_stats
 from agents.common.policies import ActorCriticPolicy
 
 __all__ = [
@@ -13,6 +13,5 @@ __all__ = [
     "RolloutBuffer",
     "build_optimizer",
     "compute_gae",
-    "optimizer_step",
     "step_stats",
 ]

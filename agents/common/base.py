@@ -39,7 +39,6 @@ from agents.common.optim import (
     check_optimizer,
     is_line_search,
     is_polyak,
-    optimizer_step,
     step_stats,
 )
 from agents.common.policies import ActorCriticPolicy, check_spaces
@@ -421,16 +420,18 @@ class OnPolicyAgent(BaseAlgorithm):
         Polyak step on ``policy_loss`` with ``value = J_hat`` and the critic takes an Adam step.
         """
         if value_loss is None:
-            return optimizer_step(self.optimizer, policy_loss, self.max_grad_norm, self._polyak_value())
+            return rlopt.closure_step(self.optimizer, policy_loss, max_grad_norm=self.max_grad_norm,
+                                      value=self._polyak_value())
         if self.critic_optimizer is None:
             vf_coef = self.vf_coef
 
             def closure() -> torch.Tensor:
                 return policy_loss() + vf_coef * value_loss()
 
-            return optimizer_step(self.optimizer, closure, self.max_grad_norm)
-        loss = optimizer_step(self.optimizer, policy_loss, self.max_grad_norm, self._polyak_value())
-        vloss = optimizer_step(self.critic_optimizer, value_loss, self.max_grad_norm)
+            return rlopt.closure_step(self.optimizer, closure, max_grad_norm=self.max_grad_norm)
+        loss = rlopt.closure_step(self.optimizer, policy_loss, max_grad_norm=self.max_grad_norm,
+                                  value=self._polyak_value())
+        vloss = rlopt.closure_step(self.critic_optimizer, value_loss, max_grad_norm=self.max_grad_norm)
         return loss.detach() + self.vf_coef * vloss.detach()
 
     def _apply_lr_schedule(self) -> None:

@@ -3,7 +3,7 @@ over the current minibatch, and read the step statistics that are logged every u
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -11,7 +11,7 @@ import torch
 import rlopt
 
 #: names accepted by ``optimizer=``
-OPTIMIZER_NAMES = ("adam", "sgd", "sls", "sps", "ponos", "polyak", "adasls")
+OPTIMIZER_NAMES = tuple(rlopt.OPTIMIZERS)
 
 
 def check_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> str | type[torch.optim.Optimizer]:
@@ -66,21 +66,6 @@ def build_optimizer(
     elif name == "sgd" or optimizer is torch.optim.SGD:
         kwargs.setdefault("lr", default_lr)
     return rlopt.build_optimizer(optimizer, params, **kwargs)
-
-
-def optimizer_step(
-    optimizer: torch.optim.Optimizer,
-    closure: Callable[[], torch.Tensor],
-    max_grad_norm: float | None = None,
-    value: float | None = None,
-) -> torch.Tensor:
-    """One step with the rlopt closure protocol (``closure`` returns the loss and never calls backward).
-
-    rlopt optimizers may re-evaluate ``closure`` at trial points on the same minibatch; torch optimizers get
-    ``zero_grad``, ``backward``, gradient clipping at ``max_grad_norm`` and ``step``. ``value`` is the return
-    estimate required by :class:`rlopt.PolyakPG`.
-    """
-    return rlopt.closure_step(optimizer, closure, max_grad_norm=max_grad_norm, value=value)
 
 
 def step_stats(optimizer: torch.optim.Optimizer) -> tuple[float, float, float]:
