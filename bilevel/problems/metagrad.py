@@ -273,7 +273,8 @@ class MetaGradientRL(BilevelProblem):
         prefix = part + "."
         return {k[len(prefix) :]: v for k, v in y.items() if k.startswith(prefix)}
 
-    def _log_pi(self, y: Tree, obs: Tensor) -> Tensor:
+    def log_pi(self, y: Tree, obs: Tensor) -> Tensor:
+        """``log π_y(·|obs)``, shape ``(B, n_actions)``, differentiable in ``y``."""
         # log-softmax of the actor's logits, in the problem's dtype (ActorCriticPolicy's own helpers compute
         # in float32, which would spoil float64 derivative checks).
         return torch.log_softmax(functional_call(self.policy.actor, self._part(y, "actor"), (obs,)), dim=-1)
@@ -284,7 +285,7 @@ class MetaGradientRL(BilevelProblem):
     def _policy_terms(self, y: Tree, batch: Rollout) -> tuple[Tensor, Tensor]:
         """``(ρ_t, H_t)`` flattened over the rollout: probability ratios to the behaviour policy, entropies."""
         obs = batch.observations.reshape(len(batch), -1)
-        log_pi = self._log_pi(y, obs)
+        log_pi = self.log_pi(y, obs)
         log_p = log_pi.gather(-1, batch.actions.reshape(-1, 1)).squeeze(-1)
         entropy = -(log_pi.exp() * log_pi).sum(-1)
         return torch.exp(log_p - batch.log_probs.reshape(-1)), entropy
@@ -391,7 +392,7 @@ class MetaGradientRL(BilevelProblem):
         ended_returns = []
         obs = self._obs
         for t in range(T):
-            log_pi = self._log_pi(y, obs)
+            log_pi = self.log_pi(y, obs)
             # Gumbel-max: argmax(log π + Gumbel noise) is a categorical sample (as ActorCriticPolicy.sample).
             u = torch.rand(log_pi.shape, generator=generator, device=dev, dtype=dt).clamp_min(1e-20)
             a = torch.argmax(log_pi - torch.log(-torch.log(u)), dim=-1)
@@ -434,7 +435,7 @@ class MetaGradientRL(BilevelProblem):
         returns = torch.zeros(self.eval_envs, dtype=torch.float64, device=self.device)
         finished = torch.zeros(self.eval_envs, dtype=torch.bool, device=self.device)
         for _ in range(env.max_episode_steps):
-            actions = torch.argmax(self._log_pi(y, obs.to(self.dtype)), dim=-1)
+            actions = torch.argmax(self.log_pi(y, obs.to(self.dtype)), dim=-1)
             obs, _, _, _, info = env.step(actions)
             ended = info["_episode"] & ~finished
             returns[ended] = info["episode"]["r"][ended].to(torch.float64)
