@@ -270,3 +270,15 @@ def test_cli_metagrad_run(tmp_path: Path) -> None:
     assert data["arguments"]["algorithm"] == "lookahead"
     assert {"eval_return", "gamma", "env_steps"} <= set(data["records"][-1])
     assert (tmp_path / "summary.png").stat().st_size > 1000
+
+
+def test_runs_on_device(device: torch.device) -> None:
+    problem = small_problem(device=device)
+    solver = BilevelSolver(problem, "lookahead", upper="bisls", lower="sgd", upper_lr=10.0, lower_lr=0.01, seed=0)
+    record = solver.run(2, eval_every=2).final
+    x, y = solver.variables
+    assert isinstance(x, Tensor) and isinstance(y, dict)
+    assert x.device.type == device.type and all(v.device.type == device.type for v in y.values())
+    rollout = problem.sample_upper_batch(torch.Generator().manual_seed(0), x, y)
+    assert rollout.observations.device.type == device.type
+    assert 0 < record["gamma"] < 1 and record["eval_return"] >= 1.0
