@@ -121,12 +121,13 @@ class MetaGradientRL(BilevelProblem):
 
     **Meta-gradient** (algorithm ``"lookahead"`` of :class:`bilevel.BilevelSolver`, the hypergradient
     ``"itd"`` with one step): ``dL_out(τ', θ'(η))/dη = ∂L_out/∂θ' · dθ'/dη`` with
-    ``dθ'/dη = -α ∂²L_in(τ, θ, η)/∂θ∂η``, ``θ`` held constant. This is the paper's update with trace decay
-    ``μ = 0`` (their ``z' = μ z + ∂f/∂η``, which drops the dependence of ``θ`` on earlier ``η``), chained
+    ``dθ'/dη = -α ∂²L_in(τ, θ, η)/∂θ∂η``, ``θ`` held constant. The paper accumulates ``dθ/dη`` over past
+    updates in a decayed trace ``z' = μ z + ∂f/∂η``; this is ``μ = 0`` (only the last update's term), chained
     through ``dη/dx`` of the parametrisation. Then ``θ ← θ'`` and ``x`` takes the upper rule's step along
-    the meta-gradient. Rollouts: ``τ'`` (collected at ``θ'``) is reused as the next step's ``τ`` when the
-    policy has not changed in between (``reuse_rollouts``), as in the paper's online cross-validation on
-    successive samples; every transition is then used once by each level.
+    the meta-gradient. The paper measures ``θ'`` on a subsequent, independent sample ("online
+    cross-validation"); here ``τ'`` (collected at ``θ'``) is also reused as the next step's ``τ`` when the
+    policy has not changed in between (``reuse_rollouts``, our choice): one rollout per update, every
+    transition used once by each level, and ``τ'`` still independent of the step it validates.
 
     Not taken from the paper: the paper also feeds ``η`` to the networks as an input (an embedding), which
     is not done here; the value loss uses the constant ``c_v`` (``vf_coef``).
