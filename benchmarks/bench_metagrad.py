@@ -56,26 +56,64 @@ def run_tuned(args: argparse.Namespace, seed: int, rule: str, upper_lr: float) -
     }
 
 
-def run_fixed(args: argparse.Namespace, seed: int, value: float) -> dict[str, Any]:
+class FixedAgent:
     """The same agent without the upper level: one SGD step on the inner loss per fresh rollout."""
-    problem = make_problem(args, seed, value)
-    problem.reset()
-    generator = torch.Generator().manual_seed(seed)
-    x = problem.initial_x()
-    y = {k: v.requires_grad_(True) for k, v in problem.initial_y().items()}
-    opt = torch.optim.SGD(list(y.values()), lr=args.lr)
+
+    def __init__(self, args: argparse.Namespace, seed: int, value: float) -> None:
+        self.problem = make_problem(args, seed, value)
+        self.problem.reset()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.x = self.problem.initial_x()
+        self.y = {k: v.requires_grad_(True) for k, v in self.problem.initial_y().items()}
+        self.opt = torch.optim.SGD(list(self.y.values()), lr=args.lr)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach() for k, v in self.y.items()}
+
+    def update(self) -> None:
+        batch = self.problem.sample_lower_batch(self.generator, self.x, self.params())
+        self.opt.zero_grad()
+        self.problem.lower_loss(self.x, self.y, batch).backward()
+        self.opt.step()
+
+
+def run_fixed(args: argparse.Namespace, seed: int, value: float) -> dict[str, Any]:
+    agent = FixedAgent(args, seed, value)
     evals, elapsed = [], 0.0
     for i in range(args.updates):
         start = time.perf_counter()
-        batch = problem.sample_lower_batch(generator, x, {k: v.detach() for k, v in y.items()})
-        opt.zero_grad()
-        problem.lower_loss(x, y, batch).backward()
-        opt.step()
+        agent.update()
         elapsed += time.perf_counter() - start
         if (i + 1) % args.eval_every == 0 or i == args.updates - 1:
-            evals.append(problem.evaluate({k: v.detach() for k, v in y.items()}))
-    return {"final": evals[-1], "mean": statistics.fmean(evals), "meta": value, "env_steps": problem.env_steps,
-            "time": elapsed}
+            evals.append(agent.problem.evaluate(agent.params()))
+    return {
+        "final": evals[-1],
+        "mean": statistics.fmean(evals),
+        "meta": value,
+        "env_steps": agent.problem.env_steps,
+        "time": elapsed,
+    }
+
+
+def cost(args: argparse.Namespace, reps: int) -> None:
+    """Median seconds per update, meta-gradient step vs plain update, interleaved in one process."""
+    problem = make_problem(args, 0, args.init)
+    rule, lr = args.tuned[0].split(":") if args.tuned else ("adam", "0.05")
+    solver = BilevelSolver(problem, "lookahead", upper=rule, lower="sgd", upper_lr=float(lr), lower_lr=args.lr)
+    agent = FixedAgent(args, 0, args.init)
+    meta, plain = [], []
+    for _ in range(reps):
+        start = time.perf_counter()
+        solver.step()
+        meta.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        agent.update()
+        plain.append(time.perf_counter() - start)
+    m, q = statistics.median(meta), statistics.median(plain)
+    print(
+        f"per update (median of {reps}, interleaved): meta-gradient ({rule}) {1e3 * m:.1f} ms, fixed "
+        f"{1e3 * q:.1f} ms, ratio {m / q:.2f}"
+    )
 
 
 def summary(name: str, runs: list[dict[str, Any]]) -> str:
@@ -108,8 +146,12 @@ def main() -> None:
     p.add_argument("--n-steps", type=int, default=32)
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (small batches: 1 is fastest)")
+    p.add_argument("--cost", type=int, default=0, help="only time N interleaved updates of each kind")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cost:
+        cost(args, args.cost)
+        return
     key = METRIC_NAMES[args.meta_param]
     rows = []
     for spec in args.tuned:
