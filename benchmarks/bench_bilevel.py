@@ -50,8 +50,14 @@ def quantiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def one_run(
-    rule: str, upper_lr: float | None, lower_lr: float | None, seed: int, args: argparse.Namespace
-) -> dict[str, float]:
+    rule: str,
+    upper_lr: float | None,
+    lower_lr: float | None,
+    seed: int,
+    args: argparse.Namespace,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """One solver run; returns the final test accuracy and solver time, and the curve of both over the run."""
     import warnings
 
     from bilevel import BilevelSolver
@@ -71,27 +77,50 @@ def one_run(
         linear_steps=args.linear_steps,
         seed=seed,
     )
+    steps = steps or args.steps
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # counted skips/failures of diverging grid points
-        history = solver.run(args.steps, eval_every=args.steps)
-    final = history.final
-    acc = final["test_accuracy"]
-    return {"test_accuracy": acc if acc == acc else 0.0, "wall_time": final["wall_time"]}
+        history = solver.run(steps, eval_every=max(1, args.steps // 8))
+    curve = [
+        {"step": int(r["step"]) + 1, "wall_time": r["wall_time"], "test_accuracy": _finite(r["test_accuracy"])}
+        for r in history.records
+        if "test_accuracy" in r
+    ]
+    return {"test_accuracy": curve[-1]["test_accuracy"], "wall_time": curve[-1]["wall_time"], "curve": curve}
+
+
+def _finite(acc: float) -> float:
+    return acc if acc == acc else 0.0  # a diverged run (NaN) counts as 0
+
+
+def _at(run: dict[str, Any], steps: int) -> dict[str, Any]:
+    """The run as if it had stopped after ``steps`` outer steps (the solver does not know its horizon)."""
+    point = next(c for c in run["curve"] if c["step"] == steps)
+    curve = [c for c in run["curve"] if c["step"] <= steps]
+    return {"test_accuracy": point["test_accuracy"], "wall_time": point["wall_time"], "curve": curve}
 
 
 def run_grid(args: argparse.Namespace) -> dict[str, Any]:
     grid = QUICK_GRID if args.quick else GRID
     seeds = list(range(args.seeds))
+    budgets = sorted(set(args.defaults_steps or [args.steps]))
+    unit = max(1, args.steps // 8)
+    if any(b % unit for b in budgets):
+        raise SystemExit(f"--defaults-steps must be multiples of {unit} (the evaluation interval)")
     results: dict[str, Any] = {"defaults": {}, "grid": {}}
     for rule in ("bisls", "bisps"):
-        runs = [one_run(rule, None, None, s, args) for s in seeds]
-        results["defaults"][rule] = runs
-        acc = quantiles([r["test_accuracy"] for r in runs])
-        print(
-            f"{rule:6s} defaults: acc {acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}] "
-            f"time {sum(r['wall_time'] for r in runs):.1f}s",
-            flush=True,
-        )
+        # One run per seed at the largest budget; the smaller budgets are read off its evaluations.
+        longest = [one_run(rule, None, None, s, args, budgets[-1]) for s in seeds]
+        for steps in budgets:
+            runs = [_at(r, steps) for r in longest]
+            key = rule if steps == args.steps else f"{rule}, {steps} steps"
+            results["defaults"][key] = runs
+            acc = quantiles([r["test_accuracy"] for r in runs])
+            print(
+                f"{key:16s} defaults: acc {acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}] "
+                f"time {sum(r['wall_time'] for r in runs):.1f}s",
+                flush=True,
+            )
     for rule, (uppers, lowers) in grid.items():
         for ul in uppers:
             for ll in lowers:
@@ -105,24 +134,68 @@ def run_grid(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def best_grid_points(results: dict[str, Any]) -> dict[str, str]:
+    """Rule -> key of its grid point with the highest median final test accuracy."""
+    best: dict[str, tuple[float, str]] = {}
+    for key, runs in results["grid"].items():
+        rule = key.split()[0]
+        med = quantiles([r["test_accuracy"] for r in runs])[0]
+        if rule not in best or med > best[rule][0]:
+            best[rule] = (med, key)
+    return {rule: key for rule, (_, key) in best.items()}
+
+
+def plot_grid(results: dict[str, Any], path: str, title: str) -> None:
+    """Median test accuracy (20-80 % band over seeds) against solver time for the defaults and best grid points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[dict[str, Any]]] = {}
+    for rule in ("bisls", "bisps"):  # each rule's longest budget (its curve contains the shorter ones)
+        keys = [k for k in results["defaults"] if k.split(",")[0] == rule]
+        longest = max(keys, key=lambda k: len(results["defaults"][k][0]["curve"]))
+        series[_label(longest)] = results["defaults"][longest]
+    for rule, key in best_grid_points(results).items():
+        series[f"best {rule} grid point ({', '.join(key.split()[1:])})"] = results["grid"][key]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, runs in series.items():
+        n = min(len(r["curve"]) for r in runs)
+        t = [statistics.median(r["curve"][i]["wall_time"] for r in runs) for i in range(n)]
+        q = [quantiles([r["curve"][i]["test_accuracy"] for r in runs]) for i in range(n)]
+        (line,) = ax.plot(t, [v[0] for v in q], marker="o", markersize=3, label=label)
+        ax.fill_between(t, [v[1] for v in q], [v[2] for v in q], color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("solver time (s), evaluation excluded")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _label(key: str) -> str:
+    """``"bisls"`` -> ``"bisls (defaults)"``; ``"bisls, 160 steps"`` -> ``"bisls (defaults, 160 steps)"``."""
+    rule, _, budget = key.partition(", ")
+    return f"{rule} (defaults{', ' + budget if budget else ''})"
+
+
 def report_grid(results: dict[str, Any]) -> str:
     lines = [
         "| method | test accuracy, median [20%, 80%] | wall time per run (s), median | runs |",
         "|---|---|---|---|",
     ]
     grid_time = {"sgd": 0.0, "adam": 0.0}
-    best: dict[str, tuple[float, str]] = {}
     for key, runs in results["grid"].items():
-        rule = key.split()[0]
-        grid_time[rule] += sum(r["wall_time"] for r in runs)
-        med = quantiles([r["test_accuracy"] for r in runs])[0]
-        if rule not in best or med > best[rule][0]:
-            best[rule] = (med, key)
+        grid_time[key.split()[0]] += sum(r["wall_time"] for r in runs)
+    best = best_grid_points(results)
     for rule, runs in results["defaults"].items():
         acc = quantiles([r["test_accuracy"] for r in runs])
         t = statistics.median(r["wall_time"] for r in runs)
-        lines.append(f"| {rule} (defaults) | {acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}] | {t:.2f} | {len(runs)} |")
-    for rule, (_, key) in best.items():
+        lines.append(f"| {_label(rule)} | {acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}] | {t:.2f} | {len(runs)} |")
+    for rule, key in best.items():
         runs = results["grid"][key]
         acc = quantiles([r["test_accuracy"] for r in runs])
         t = statistics.median(r["wall_time"] for r in runs)
@@ -142,7 +215,7 @@ def report_grid(results: dict[str, Any]) -> str:
         own = sum(r["wall_time"] for r in runs)
         for grid_rule in ("sgd", "adam"):
             lines.append(
-                f"- {rule} defaults used {own / grid_time[grid_rule]:.3f} of the {grid_rule} grid's total solver time "
+                f"- {_label(rule)} used {own / grid_time[grid_rule]:.3f} of the {grid_rule} grid's total solver time "
                 f"({own:.1f}s vs {grid_time[grid_rule]:.1f}s)."
             )
     return "\n".join(lines)
@@ -251,6 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 seeds, 3x3 grid, 40 steps; fewer sizes for hypergrad")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 5, quick 2)")
     parser.add_argument("--steps", type=int, default=None, help="outer steps (default 150, quick 40)")
+    parser.add_argument(
+        "--defaults-steps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="outer-step budgets for the defaults (default: --steps); the grid always uses --steps",
+    )
     parser.add_argument("--corruption", type=float, default=0.5)
     parser.add_argument("--algorithm", default="stocbio")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -258,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--linear-steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 gives steadier timings)")
     parser.add_argument("--json", default=None, help="also write raw results to this path")
+    parser.add_argument("--plot", default=None, help="write a PNG of test accuracy against solver time here")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (2 if args.quick else 5)
     args.steps = args.steps or (40 if args.quick else 150)
@@ -267,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("grid", "all"):
         out["grid"] = run_grid(args)
         print("\n" + report_grid(out["grid"]) + "\n", flush=True)
+        if args.plot:
+            plot_grid(out["grid"], args.plot, f"Hyper-cleaning, digits, p = {args.corruption}, {args.seeds} seeds")
+            print(f"wrote {args.plot}")
     if args.part in ("hypergrad", "all"):
         table = run_hypergrad(args)
         out["hypergrad"] = table

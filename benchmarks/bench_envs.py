@@ -3,7 +3,8 @@
 Every backend steps the same environment at the same batch size (num_envs copies, random valid actions,
 autoreset on) in one run, and the table prints ratios against the peers a user would otherwise pick:
 
-* ``eager`` / ``compiled``: `envs.make(..., compile=False/True)` on ``--device``.
+* ``eager`` / ``compiled``: `envs.make(..., compile=False/True)` on ``--device``, stepping on the env's
+  default threads (one below 65536 copies) or ``--env-threads`` (the ``threads=`` option of `envs.make`).
 * ``gym-sync``: ``gymnasium.vector.SyncVectorEnv`` (one Python env object per copy).
 * ``gym-async``: ``gymnasium.vector.AsyncVectorEnv`` (one process per copy; only up to ``--max-async``).
 * ``envpool``: ``envpool.make_gymnasium(..., num_threads=--envpool-threads)`` (C++ thread pool).
@@ -15,6 +16,7 @@ Usage:
     python benchmarks/bench_envs.py                              # all envs, all sizes
     python benchmarks/bench_envs.py --envs CartPole-v1 --sizes 4096
     python benchmarks/bench_envs.py --max-size 4096 --seconds 1
+    python benchmarks/bench_envs.py --envs CartPole-v1 --sizes 4096 --env-threads 2   # both cores, as EnvPool
 """
 
 from __future__ import annotations
@@ -70,9 +72,15 @@ def time_steps(step: Callable[[int], Any], seconds: float, num_envs: int, sync: 
 
 
 def bench_ours(
-    env_id: str, n: int, device: str, compile: bool, seconds: float, dtype: torch.dtype | None = None
+    env_id: str,
+    n: int,
+    device: str,
+    compile: bool,
+    seconds: float,
+    dtype: torch.dtype | None = None,
+    threads: int | None = None,
 ) -> tuple[float, float]:
-    env = envs.make(env_id, num_envs=n, device=device, seed=0, compile=compile, dtype=dtype)
+    env = envs.make(env_id, num_envs=n, device=device, seed=0, compile=compile, dtype=dtype, threads=threads)
     env.reset()
     space = env.single_action_space
     gen = torch.Generator(device=device).manual_seed(0)
@@ -147,6 +155,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.5, help="timing budget per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--envpool-threads", type=int, default=2)
+    parser.add_argument("--env-threads", type=int, default=None, help="threads= of our envs (default: the env's)")
     parser.add_argument("--max-sync", type=int, default=4096, help="largest gym-sync batch (Python loop)")
     parser.add_argument(
         "--max-async", type=int, default=64, help="largest gym-async batch (one process each)"
@@ -171,7 +180,7 @@ def main() -> None:
     print(
         f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
         f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} envpool_threads={args.envpool_threads} "
-        f"dtype={args.dtype}"
+        f"dtype={args.dtype} env_threads={args.env_threads or 'default'}"
     )
     header = (
         f"{'env':26s} {'N':>6s} {'eager':>8s} {'compiled':>9s} {'gym-sync':>9s} {'gym-async':>9s} "
@@ -181,10 +190,10 @@ def main() -> None:
     print(header)
     for env_id in args.envs:
         for n in sizes:
-            eager, mem_ours = bench_ours(env_id, n, args.device, False, args.seconds, dtype)
-            comp = (
-                None if args.no_compile else bench_ours(env_id, n, args.device, True, args.seconds, dtype)[0]
-            )
+            eager, mem_ours = bench_ours(env_id, n, args.device, False, args.seconds, dtype, args.env_threads)
+            comp = None
+            if not args.no_compile:
+                comp = bench_ours(env_id, n, args.device, True, args.seconds, dtype, args.env_threads)[0]
             sync = (
                 bench_gym(env_id, n, "sync", args.seconds)
                 if not args.no_peers and n <= args.max_sync

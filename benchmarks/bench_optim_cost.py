@@ -1,9 +1,12 @@
 """Cost per step of the rlopt optimizers against torch.optim.SGD and Adam on MLPs (wall time, forward calls).
 
-    python benchmarks/bench_optim_cost.py [--steps 300] [--warmup 50] [--repeats 5] [--labels teacher|random]
+    python benchmarks/bench_optim_cost.py [--steps 300] [--warmup 50] [--repeats 5]
+        [--labels teacher|random] [--threads N]
 
 Prints, per model, the median time per step over repeats and the ratio to SGD measured in the same run, and
 the average number of forward passes per step. Target: SLS (reset "increase") and PoNoS at most 1.5x SGD.
+The row ``floor`` is an SGD step plus one extra no-grad forward on the same minibatch: the least any line
+search that evaluates one trial can cost, measured in the same run.
 ``--labels teacher`` (default) labels the inputs with a fixed random teacher network, a learnable task as in
 training; ``--labels random`` gives labels no model can fit (the searches backtrack more there).
 """
@@ -27,6 +30,7 @@ MODELS = {
 
 OPTIMIZERS: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "sgd": lambda p: torch.optim.SGD(p, lr=0.05),
+    "floor": lambda p: torch.optim.SGD(p, lr=0.05),
     "adam": lambda p: torch.optim.Adam(p, lr=1e-3),
     "sls": lambda p: rlopt.SLS(p),
     "ponos": lambda p: rlopt.PoNoS(p),
@@ -73,6 +77,10 @@ def time_optimizer(
             loss_fn(model(x), y).backward()
             opt.step()
             forwards += 1
+            if name == "floor":
+                with torch.no_grad():
+                    loss_fn(model(x), y)
+                forwards += 1
     return (time.perf_counter() - t0) / steps, forwards / steps
 
 
@@ -82,7 +90,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--labels", choices=["teacher", "random"], default="teacher")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, labels {args.labels}")
     for label, (sizes, batch) in MODELS.items():
         print(f"\n{label}")

@@ -116,6 +116,12 @@ class TorchVecEnv(VectorEnv):
         validate_actions: check that discrete actions are in range (raises ``ValueError``); reading the
             check's result is a host synchronisation on accelerators, so the default is True on CPU and
             False elsewhere. Shape, dtype and device are always checked (metadata only).
+        threads: intra-op CPU threads of the step (the compiled kernel's OpenMP team, or ATen's pool for
+            the eager step), set for the duration of each step. ``None``: one thread below 65536 copies,
+            torch's setting from there on. A step over a few thousand copies is tens to hundreds of
+            microseconds of work: more threads speed it up on an idle machine, but when another process
+            holds a core their barrier waits for a descheduled thread, hence the conservative default.
+            Ignored on other devices.
 
     Example:
         >>> import torch, envs
@@ -146,9 +152,12 @@ class TorchVecEnv(VectorEnv):
         dtype: torch.dtype | None = None,
         compile: bool = False,
         validate_actions: bool | None = None,
+        threads: int | None = None,
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"Invalid num_envs: {num_envs!r}, expected an int >= 1")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"Invalid threads: {threads!r}, expected None or an int >= 1")
         if max_episode_steps is None:
             max_episode_steps = self.default_max_episode_steps
         if (
@@ -199,7 +208,10 @@ class TorchVecEnv(VectorEnv):
         self._lane_index = torch.arange(n, dtype=torch.int64, device=dev)
         self._component_offset = (torch.arange(k, dtype=torch.int64, device=dev) * _GOLDEN) & _M32
         self._needs_reset = True
-        self._serial = self.device.type == "cpu" and num_envs < _PARALLEL_MIN_ENVS
+        # Threads of the CPU step: None leaves torch's setting alone.
+        self._threads: int | None = None
+        if self.device.type == "cpu":
+            self._threads = threads if threads is not None else (1 if num_envs < _PARALLEL_MIN_ENVS else None)
         self._transition: Callable[..., tuple[torch.Tensor, ...]] = self._transition_eager
         if compile:
             self._transition = self._compile_transition()
@@ -344,9 +356,8 @@ class TorchVecEnv(VectorEnv):
             return self._transition_eager(*args)
 
         graph = make_fx(transition)(example, *buffers)
-        # Below ~65536 copies a step is tens of microseconds of work: an OpenMP team costs more than it
-        # saves, and on a busy machine its barrier waits for a descheduled thread for milliseconds.
-        threads = 1 if self.num_envs < _PARALLEL_MIN_ENVS else -1
+        # The kernel's OpenMP team is fixed at compile time (-1: torch's thread count when it runs).
+        threads = -1 if self._threads is None else self._threads
         with torch._inductor.config.patch({"cpp.threads": threads}):
             return torch._inductor.compile(graph, [example, *buffers])
 
@@ -446,10 +457,10 @@ class TorchVecEnv(VectorEnv):
             raise RuntimeError(f"{self.env_id}: call reset() before step()")
         actions = self._check_actions(actions)
         threads = torch.get_num_threads()
-        if self._serial and threads > 1:
-            # Small batches run on one thread: ATen splits even 4096 sines across the intra-op pool,
-            # whose barrier stalls for milliseconds whenever another process holds a core.
-            torch.set_num_threads(1)
+        if self._threads is not None and self._threads != threads:
+            # By default small batches run on one thread: ATen splits even 4096 sines across the intra-op
+            # pool, whose barrier stalls for milliseconds whenever another process holds a core.
+            torch.set_num_threads(self._threads)
             try:
                 return self._step(actions)
             finally:

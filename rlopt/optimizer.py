@@ -135,6 +135,28 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             return float(value)
         return float(self._reduce(value.detach().to(torch.float64).reshape(1))[0])
 
+    def _loss_and_grad_sq(self, loss: Tensor, grads: list[Tensor]) -> tuple[float, float]:
+        """The minibatch loss and ``||g||^2`` as floats, all-reduced when :meth:`_reduce` is overridden.
+
+        This read-out runs on every step, and on small models each kernel and host synchronisation costs as
+        much as the arithmetic: on one process the per-tensor norms and the loss go to the host in a single
+        stacked read-out and are squared and summed there in float64.
+        """
+        loss = loss.detach().reshape(())
+        if type(self)._reduce is not StepSizeOptimizer._reduce or not grads:
+            grad_sq_t = squared_norm(grads)
+            scalars = torch.stack([loss.to(grad_sq_t.device, torch.float64), grad_sq_t])
+            loss_v, grad_sq = self._reduce(scalars).tolist()
+            return loss_v, grad_sq
+        norms = torch._foreach_norm(grads)
+        if all(n.device == loss.device and n.dtype == loss.dtype for n in norms):
+            *values, loss_v = torch.stack([*norms, loss]).tolist()
+        else:  # parameters on several devices or in several dtypes (rare): gather in float64 on the loss's device
+            *values, loss_v = torch.stack(
+                [n.to(loss.device, torch.float64) for n in norms] + [loss.to(torch.float64)]
+            ).tolist()
+        return loss_v, math.fsum(v * v for v in values)
+
     # ------------------------------------------------------------------ the step
     def _warn_once(self, key: str, message: str, stacklevel: int) -> None:
         # stacklevel points at the caller of step() (torch wraps step in one extra frame)
@@ -215,9 +237,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             loss_t = loss if isinstance(loss, Tensor) else torch.tensor(float(loss))  # type: ignore[arg-type]
 
         params, grads, states = self._params_with_grad()
-        grad_sq_t = squared_norm(grads)
-        scalars = torch.stack([loss_t.detach().to(grad_sq_t.device, torch.float64).reshape(()), grad_sq_t])
-        loss_v, grad_sq = self._reduce(scalars).tolist()
+        loss_v, grad_sq = self._loss_and_grad_sq(loss_t, grads)
         self.stats.update(loss=loss_v, grad_norm=math.sqrt(grad_sq) if grad_sq >= 0 else math.nan,
                           forward_calls=int(closure is not None), backtracks=0, accepted_loss=math.nan,
                           slope=math.nan)

@@ -76,3 +76,33 @@ def test_small_cpu_batches_step_on_one_thread_and_restore_the_setting() -> None:
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_threads_option_sets_the_step_threads_and_gives_the_same_rollout() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        env = envs.make("CartPole-v1", num_envs=4096, seed=0, threads=2, max_episode_steps=30)
+        seen = []
+        dynamics = env._dynamics
+
+        def spy(state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            seen.append(torch.get_num_threads())
+            return dynamics(state, action)
+
+        env._dynamics = spy  # type: ignore[method-assign]
+        parallel = rollout(env, 40)
+        assert set(seen) == {2}
+        assert torch.get_num_threads() == 1
+        serial = rollout(envs.make("CartPole-v1", num_envs=4096, seed=0, max_episode_steps=30), 40)
+        for a, b in zip(serial, parallel, strict=True):  # elementwise work: the split changes no bit
+            for x, y in zip(a, b, strict=True):
+                assert torch.equal(x, y)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
+def test_threads_option_is_validated(threads: object) -> None:
+    with pytest.raises(ValueError, match="threads"):
+        envs.make("CartPole-v1", num_envs=2, threads=threads)

@@ -270,3 +270,39 @@ def test_rlopt_imports_torch_only() -> None:
         " 'numpy.random._pickle') if m in sys.modules]; print(bad); assert not bad[:5], bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("name", ["sls", "adasls", "ponos", "sps"])
+def test_reduce_seam_sees_every_decision_scalar_and_matches_single_process(name: str) -> None:
+    """A data-parallel subclass overrides ``_reduce``; with an identity reduce it must take the same steps.
+
+    The single-process path reads the loss and ``||g||^2`` out in one fused transfer; the overridden path
+    stacks them as tensors for an all-reduce. Both must agree, and the seam must see the loss, ``||g||^2``
+    and every trial loss.
+    """
+    seen: list[list[float]] = []
+
+    def reducing(make: object) -> object:
+        def build(params: object) -> torch.optim.Optimizer:
+            opt = make(params)  # type: ignore[operator]
+
+            def _reduce(self: object, values: torch.Tensor) -> torch.Tensor:
+                seen.append(values.tolist())
+                return values
+
+            opt.__class__ = type("Reducing" + type(opt).__name__, (type(opt),), {"_reduce": _reduce})
+            return opt
+
+        return build
+
+    torch.manual_seed(5)
+    m1, o1 = _run(ALL[name], 3, 12, dropout=0.0)
+    torch.manual_seed(5)
+    m2, o2 = _run(reducing(ALL[name]), 3, 12, dropout=0.0)
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert o2.stats["step_size"] == pytest.approx(o1.stats["step_size"], rel=1e-9)
+    assert o2.stats["forward_calls"] == o1.stats["forward_calls"]
+    loss_v, grad_sq = seen[-o2.stats["forward_calls"] - (name == "adasls")]  # the step's first reduce: [loss, |g|^2]
+    assert loss_v == pytest.approx(o2.stats["loss"], rel=1e-12)
+    assert grad_sq == pytest.approx(o2.stats["grad_norm"] ** 2, rel=1e-12)
