@@ -129,8 +129,9 @@ class MetaGradientRL(BilevelProblem):
     policy has not changed in between (``reuse_rollouts``, our choice): one rollout per update, every
     transition used once by each level, and ``τ'`` still independent of the step it validates.
 
-    Not taken from the paper: the paper also feeds ``η`` to the networks as an input (an embedding), which
-    is not done here; the value loss uses the constant ``c_v`` (``vf_coef``).
+    Differences from the paper: its networks also take ``η`` as an input (an embedding, so that values and
+    policy follow the changing return); here they do not. Its agent is IMPALA on Atari; here a small
+    synchronous actor-critic on batched classic-control envs.
 
     Args:
         env_id: a discrete-action env of :func:`envs.make` (``"CartPole-v1"``, ``"Acrobot-v1"``,
