@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from bilevel.hypergradients import HYPERGRADIENT_METHODS
-from bilevel.problems import PROBLEMS, BilevelProblem
+from bilevel.problems import PROBLEMS, BilevelProblem, MetaGradientRL
 from bilevel.solver import ALGORITHMS, RULES, BilevelHistory, BilevelSolver
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -27,7 +27,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """The argument parser (pass a subparser to attach it to a larger command line)."""
     p = parser if parser is not None else argparse.ArgumentParser(prog="rlopt bilevel", description=__doc__)
     p.add_argument("problem", choices=sorted(PROBLEMS), help="bilevel problem to solve")
-    p.add_argument("--algorithm", default="stocbio", choices=ALGORITHMS, help="stochastic bilevel algorithm")
+    p.add_argument(
+        "--algorithm",
+        default=None,
+        choices=ALGORITHMS,
+        help="bilevel algorithm (default: stocbio; lookahead for metagrad, the only one that applies to it)",
+    )
     p.add_argument("--upper", default="bisls", help=f"upper step-size rule: {', '.join(RULES)} or an rlopt name")
     p.add_argument("--lower", default="bisls", help=f"lower step-size rule: {', '.join(RULES)} or an rlopt name")
     p.add_argument("--upper-lr", type=float, default=None, help="upper lr (sgd/adam) or envelope scale (bisls/bisps)")
@@ -46,6 +51,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--upper-batch-size", type=int, default=None, help="upper-level minibatch size (default: full)")
     p.add_argument("--dataset", default="digits", help="digits, or a local MNIST/FashionMNIST .npz or IDX folder")
     p.add_argument("--corruption", type=float, default=0.5, help="label corruption rate (hypercleaning)")
+    p.add_argument("--env", default="CartPole-v1", help="metagrad: discrete-action env id of envs.make")
+    p.add_argument(
+        "--meta-param",
+        default="gamma",
+        choices=["gamma", "lambda", "entropy"],
+        help="metagrad: the tuned hyperparameter",
+    )
+    p.add_argument("--meta-init", type=float, default=None, help="metagrad: its start value (default per parameter)")
+    p.add_argument("--num-envs", type=int, default=16, help="metagrad: env copies stepped together")
+    p.add_argument("--n-steps", type=int, default=32, help="metagrad: rollout steps per copy (per level per step)")
     p.add_argument("--eval-every", type=int, default=10, help="compute metrics every N outer steps")
     p.add_argument("--seed", type=int, default=0, help="seed of splits and minibatches")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -58,6 +73,19 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def make_problem(args: argparse.Namespace) -> BilevelProblem:
     """The problem named in ``args`` with the data options that apply to it."""
+    if args.problem == "metagrad":
+        if args.batch_size is not None or args.upper_batch_size is not None:
+            raise ValueError("metagrad: --batch-size/--upper-batch-size do not apply (a batch is one rollout)")
+        return MetaGradientRL(
+            args.env,
+            meta_param=args.meta_param,
+            init=args.meta_init,
+            num_envs=args.num_envs,
+            n_steps=args.n_steps,
+            seed=args.seed,
+            device=args.device,
+            dtype=DTYPES[args.dtype],
+        )
     common: dict[str, Any] = {
         "lower_batch_size": args.batch_size,
         "upper_batch_size": args.upper_batch_size,
@@ -82,9 +110,11 @@ def save_summary_png(history: BilevelHistory, path: Path, title: str) -> None:
     steps = history.column("step")
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     ax = axes[0][0]
-    ax.plot(steps, history.column("upper_loss"), label="upper loss")
-    ax.plot(steps, history.column("lower_loss"), label="lower loss")
-    ax.set_yscale("log")
+    upper, lower = history.column("upper_loss"), history.column("lower_loss")
+    ax.plot(steps, upper, label="upper loss")
+    ax.plot(steps, lower, label="lower loss")
+    # Surrogate losses (RL) can be negative: a symmetric log scale then.
+    ax.set_yscale("log" if all(v > 0 for v in upper + lower if math.isfinite(v)) else "symlog")
     ax.legend()
     ax = axes[0][1]
     ax.plot(steps, [max(v, 1e-30) for v in history.column("upper_step_size")], label="upper step")
@@ -96,11 +126,10 @@ def save_summary_png(history: BilevelHistory, path: Path, title: str) -> None:
     ax.set_yscale("log")
     ax.legend()
     ax = axes[1][1]
-    eval_steps = [r["step"] for r in history.records if "val_loss" in r]
-    for key in ("val_accuracy", "test_accuracy", "val_loss", "value"):
-        values = history.column(key)
-        if values:
-            ax.plot(eval_steps, values, marker=".", label=key)
+    for key in ("val_accuracy", "test_accuracy", "val_loss", "value", "eval_return", "train_return"):
+        points = [(r["step"], r[key]) for r in history.records if key in r]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=key)
     ax.legend()
     for a in axes.flat:
         a.set_xlabel("outer step")
@@ -118,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run from parsed arguments (for a parent command line that attached :func:`build_parser` to a subparser)."""
     problem = make_problem(args)
+    if args.algorithm is None:
+        args.algorithm = problem.algorithms[0] if problem.algorithms is not None else "stocbio"
     solver = BilevelSolver(
         problem,
         args.algorithm,
@@ -158,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
             }
             if "test_accuracy" in record:
                 shown["test_acc"] = f"{record['test_accuracy']:.3f}"
+            if "eval_return" in record:
+                shown["eval_return"] = f"{record['eval_return']:.1f}"
             bar.set_postfix(shown)
 
     try:
@@ -172,7 +205,9 @@ def run(args: argparse.Namespace) -> int:
     )
     save_summary_png(history, out / "summary.png", name)
     final = {
-        k: round(v, 6) for k, v in history.final.items() if k in ("upper_loss", "val_loss", "test_accuracy", "value")
+        k: round(v, 6)
+        for k, v in history.final.items()
+        if k in ("upper_loss", "val_loss", "test_accuracy", "value", "eval_return", "gamma", "gae_lambda", "ent_coef")
     }
     print(f"{name}: {final}; results in {out}")
     return 0

@@ -17,6 +17,14 @@ Algorithms (one outer step each):
   (our ``v`` is SOBA's ``-v``).
 - ``"double_loop"``: ``inner_steps`` lower steps, then any registered hypergradient method (``hypergrad``,
   e.g. ``"cg"``, ``"itd"``) on one minibatch of each level.
+- ``"lookahead"``: the online one-step look-ahead meta-gradient (Xu, van Hasselt & Silver, NeurIPS 2018;
+  the second-order rule of DARTS, Liu et al., ICLR 2019): one lower step ``y' = y - α ∇_y g(x, y; B)`` by the
+  lower rule (``α``: the step size it took), an upper minibatch ``B'`` drawn *after* it (on-policy problems
+  collect it with ``y'``), and ``d = d/dx f(x, y - α ∇_y g(x, y; B); B')`` (the ``"itd"`` hypergradient with
+  one step of size ``α`` from the pre-step ``y``, ``α`` held constant). No implicit-function assumption: it
+  applies when ``g`` has no minimiser (a policy-gradient surrogate). Exact for rules that step along
+  ``-∇_y g`` (sgd, bisls, bisps); for preconditioned rules (adam, the ``-adam`` versions) the differentiated
+  step is the plain gradient step of the same size, an approximation.
 
 ``η`` (``linear_lr``) defaults to ``"auto"``: ``1 / λ̂`` with ``λ̂`` from 20 power iterations on ``H`` at the
 first outer step, re-estimated whenever an iteration is detected to diverge (``H`` changes with ``x``).
@@ -33,8 +41,10 @@ Step sizes per level (``upper=`` / ``lower=``):
 - any name of ``rlopt.OPTIMIZERS`` or a ``torch.optim.Optimizer`` class / factory ``params -> optimizer``
   (options through ``upper_options`` / ``lower_options``).
 
-The upper line model. BiSLS searches on the upper loss along ``-d``. With ``y`` held fixed
-(``response="fixed"``), ``φ(α) = f(x - α d, y)`` is constant whenever ``f`` does not depend on ``x``
+The upper line model. For ``"lookahead"`` it is the look-ahead objective itself,
+``φ(α) = f(x - α d, y - α_y ∇_y g(x - α d, y; B); B')`` (one lower gradient and one upper forward per trial),
+whose derivative at 0 is exactly ``-d·d``. Otherwise, BiSLS searches on the upper loss along ``-d``. With
+``y`` held fixed (``response="fixed"``), ``φ(α) = f(x - α d, y)`` is constant whenever ``f`` does not depend on ``x``
 directly (hyper-cleaning, regularization tuning: ``f`` is a validation loss of ``y`` only), so the Armijo
 test could never be met. The default ``response="linear"`` moves ``y`` along its first-order response,
 
@@ -72,12 +82,12 @@ from torch import Tensor
 import rlopt
 from bilevel import _tree
 from bilevel._tree import Tree
-from bilevel.hypergradients import HYPERGRADIENT_METHODS, ImplicitSystem, hypergradient
+from bilevel.hypergradients import HYPERGRADIENT_METHODS, ImplicitSystem, NonFiniteError, hypergradient
 from bilevel.linear_solvers import conjugate_gradient, neumann_series, richardson
 from bilevel.problems.base import BilevelProblem
 from bilevel.upper_rules import ArmijoSearch, PolyakStep, UpperStep
 
-ALGORITHMS = ("stocbio", "amigo", "soba", "double_loop")
+ALGORITHMS = ("stocbio", "amigo", "soba", "double_loop", "lookahead")
 RULES = ("sgd", "adam", "bisls", "bisps", "bisls-adam", "bisps-adam")
 RESPONSES = ("linear", "fixed")
 
@@ -139,7 +149,8 @@ class BilevelSolver:
 
     Args:
         problem: a :class:`bilevel.problems.BilevelProblem`.
-        algorithm: ``"stocbio"``, ``"amigo"``, ``"soba"`` or ``"double_loop"``.
+        algorithm: ``"stocbio"``, ``"amigo"``, ``"soba"``, ``"double_loop"`` or ``"lookahead"`` (those in
+            ``problem.algorithms`` when the problem restricts them).
         upper: step-size rule of the upper level (``"sgd"``, ``"adam"``, ``"bisls"``, ``"bisps"``, an rlopt
             name, an optimizer class or factory).
         lower: same for the lower level.
@@ -188,6 +199,11 @@ class BilevelSolver:
             )
         if algorithm not in ALGORITHMS:
             raise ValueError(f"Invalid algorithm: {algorithm!r}, expected one of {list(ALGORITHMS)}")
+        if problem.algorithms is not None and algorithm not in problem.algorithms:
+            raise ValueError(
+                f"Invalid algorithm: {algorithm!r} does not apply to {type(problem).__name__}, expected one of "
+                f"{list(problem.algorithms)}: {problem.algorithms_note}"
+            )
         _check_rule(upper, "upper")
         _check_rule(lower, "lower")
         for value, name in ((upper_lr, "upper_lr"), (lower_lr, "lower_lr")):
@@ -213,7 +229,7 @@ class BilevelSolver:
         self.upper_lr, self.lower_lr = upper_lr, lower_lr
         self.upper_options = dict(upper_options or {})
         self.lower_options = dict(lower_options or {})
-        self.inner_steps = 1 if algorithm == "soba" else inner_steps
+        self.inner_steps = 1 if algorithm in ("soba", "lookahead") else inner_steps
         self.linear_steps = linear_steps
         self.linear_lr = linear_lr
         self.hypergrad = hypergrad
@@ -227,6 +243,7 @@ class BilevelSolver:
 
     def _reset(self) -> None:
         problem = self.problem
+        problem.reset()
         self.generator = torch.Generator().manual_seed(self.seed)
         self.x = _leaf_tree(problem.initial_x(), True)
         self.y = _leaf_tree(problem.initial_y(), True)
@@ -291,17 +308,19 @@ class BilevelSolver:
     # ------------------------------------------------------------------------------------------------
     # Pieces
 
-    def _lower_sweep(self, steps: int, first_batch: Tensor | str | None = "draw") -> dict[str, float]:
+    def _lower_sweep(self, steps: int, first_batch: Any = "draw") -> dict[str, float]:
         problem = self.problem
         x_det = _tree.detach(self.x)
         snapshot = _tree.detach(_tree.tree_map(torch.clone, self.y))
         backtracks, loss_value, step_size = 0, float("nan"), 0.0
         for i in range(steps):
             batch = (
-                problem.sample_lower_batch(self.generator) if (i > 0 or isinstance(first_batch, str)) else first_batch
+                problem.sample_lower_batch(self.generator, x_det, _tree.detach(self.y))
+                if (i > 0 or isinstance(first_batch, str))
+                else first_batch
             )
 
-            def closure(batch: Tensor | None = batch) -> Tensor:
+            def closure(batch: Any = batch) -> Tensor:
                 return problem.lower_loss(x_det, self.y, batch)
 
             loss = rlopt.closure_step(self.lower_opt, closure)
@@ -367,7 +386,7 @@ class BilevelSolver:
                 break
         return v
 
-    def _system(self, lower_batch: Tensor | None, upper_batch: Tensor | None) -> ImplicitSystem:
+    def _system(self, lower_batch: Any, upper_batch: Any) -> ImplicitSystem:
         problem = self.problem
 
         def upper(x: Tree, y: Tree) -> Tensor:
@@ -386,28 +405,42 @@ class BilevelSolver:
         rhs = system.jvp_x(direction)
         return conjugate_gradient(system.hvp, rhs, maxiter=self.linear_steps, rtol=1e-6).solution
 
-    def _upper_value(self, x: Tree, y: Tree, batch: Tensor | None) -> float:
+    def _upper_value(self, x: Tree, y: Tree, batch: Any) -> float:
         with torch.no_grad():
             return float(self.problem.upper_loss(x, y, batch))
 
-    def _apply_upper(self, system: ImplicitSystem, d: Tree, upper_batch: Tensor | None) -> UpperStep | dict[str, float]:
+    def _apply_upper(
+        self,
+        system: ImplicitSystem | None,
+        d: Tree,
+        upper_batch: Any,
+        line: Callable[[Tree], float] | None = None,
+    ) -> UpperStep | dict[str, float]:
+        """Take the upper step along ``d``; ``line(x)`` is the upper value at a trial ``x`` when the algorithm
+        has its own line model (``"lookahead"``), else the model is built from ``system`` (module docstring)."""
         # Copies, not detached views: the optimizers below update x in place.
         x0 = _tree.tree_map(lambda t: t.detach().clone(), self.x)
         y0 = _tree.tree_map(lambda t: t.detach().clone(), self.y)
-        phi0 = self._upper_value(x0, y0, upper_batch)
+        phi0 = line(x0) if line is not None else self._upper_value(x0, y0, upper_batch)
         if self.upper_rule is not None:
             p = self.upper_rule.direction(d)  # d itself, or Adam's direction for the -adam versions
             slope = float(_tree.dot(d, p))
             r = (
                 self._response(system, p)
-                if self.response == "linear" and isinstance(self.upper_rule, ArmijoSearch)
+                if line is None
+                and system is not None
+                and self.response == "linear"
+                and isinstance(self.upper_rule, ArmijoSearch)
                 else None
             )
 
             def phi(alpha: float) -> float:
                 x_t = _tree.add(x0, p, -alpha)
-                y_t = y0 if r is None else _tree.add(y0, r, alpha)
-                value = self._upper_value(x_t, y_t, upper_batch)
+                if line is not None:
+                    value = line(x_t)
+                else:
+                    y_t = y0 if r is None else _tree.add(y0, r, alpha)
+                    value = self._upper_value(x_t, y_t, upper_batch)
                 return value if math.isfinite(value) else math.inf
 
             step = self.upper_rule.step(phi, slope, phi0)
@@ -423,13 +456,17 @@ class BilevelSolver:
             def closure() -> Tensor:
                 # Value: the line model at the current x; gradient: d (through a linear term with zero value).
                 x_now = _tree.detach(self.x)
-                delta = _tree.sub(x_now, x0)
-                if self.response == "linear" and float(_tree.norm(delta)) > 0:
-                    with torch.enable_grad():
-                        y_t = _tree.sub(y0, self._response(system, delta))
+                if line is not None:
+                    value = line(x_now)
                 else:
-                    y_t = y0
-                value = self._upper_value(x_now, y_t, upper_batch)
+                    assert system is not None
+                    delta = _tree.sub(x_now, x0)
+                    if self.response == "linear" and float(_tree.norm(delta)) > 0:
+                        with torch.enable_grad():
+                            y_t = _tree.sub(y0, self._response(system, delta))
+                    else:
+                        y_t = y0
+                    value = self._upper_value(x_now, y_t, upper_batch)
                 linear = _tree.dot(self.x, d)
                 return linear - linear.detach() + value
 
@@ -445,6 +482,43 @@ class BilevelSolver:
             "upper_backtracks": 0.0,
         }
 
+    def _lookahead(
+        self, x0: Tree, y0: Tree, alpha: float, lower_batch: Any, upper_batch: Any
+    ) -> tuple[Tree, Callable[[Tree], float] | None]:
+        """``d = d/dx f(x, y0 - α ∇_y g(x, y0))`` at ``x0`` and the line model ``x -> f(x, y0 - α ∇_y g(x, y0))``.
+
+        A lower step that took no step (``α <= 0``, or skipped as non-finite) carries no meta-gradient: ``d``
+        is then nan, and the upper step is skipped and counted.
+        """
+        problem = self.problem
+        nan = _tree.tree_map(lambda t: torch.full_like(t, math.nan), x0)
+        if not (math.isfinite(alpha) and alpha > 0):
+            return nan, None
+
+        def upper(x: Tree, y: Tree) -> Tensor:
+            return problem.upper_loss(x, y, upper_batch)
+
+        def lower(x: Tree, y: Tree) -> Tensor:
+            return problem.lower_loss(x, y, lower_batch)
+
+        try:
+            d = hypergradient(upper, lower, x0, y0, "itd", steps=1, lr=alpha, validate=False)
+        except NonFiniteError:
+            return nan, None
+
+        def line(x: Tree) -> float:
+            x_t = _tree.detach(x)
+            with torch.enable_grad():
+                y_req = _tree.tree_map(lambda t: t.detach().requires_grad_(True), y0)
+                leaves = _tree.leaves(y_req)
+                grads = torch.autograd.grad(lower(x_t, y_req), leaves, allow_unused=True)
+            y1 = _tree.rebuild(
+                y0, [v.detach() if g is None else (v - alpha * g).detach() for v, g in zip(leaves, grads, strict=True)]
+            )
+            return self._upper_value(x_t, y1, upper_batch)
+
+        return d, line
+
     # ------------------------------------------------------------------------------------------------
     # One outer step
 
@@ -452,10 +526,22 @@ class BilevelSolver:
         """One outer step of the algorithm; returns its record (without metrics)."""
         problem = self.problem
         record: dict[str, float] = {"step": float(self.outer_step)}
-        lower_batch_h = problem.sample_lower_batch(self.generator)
-        if self.algorithm == "soba":
+        system: ImplicitSystem | None = None
+        line: Callable[[Tree], float] | None = None
+        x_start = _tree.tree_map(lambda t: t.detach().clone(), self.x)
+        lower_batch_h = problem.sample_lower_batch(self.generator, *self.variables)
+        if self.algorithm == "lookahead":
+            y_start = _tree.tree_map(lambda t: t.detach().clone(), self.y)
+            skipped_before = self.lower_skipped
+            record.update(self._lower_sweep(1, lower_batch_h))
+            if self.lower_skipped > skipped_before:  # the step was undone: there is no step to differentiate
+                record["lower_step_size"] = 0.0
+            # Drawn after the lower step: an on-policy problem collects it with the updated y.
+            upper_batch = problem.sample_upper_batch(self.generator, *self.variables)
+            d, line = self._lookahead(x_start, y_start, record["lower_step_size"], lower_batch_h, upper_batch)
+        elif self.algorithm == "soba":
             # SOBA: every term at the current (x, y, v), on the same lower minibatch; then all updates.
-            upper_batch = problem.sample_upper_batch(self.generator)
+            upper_batch = problem.sample_upper_batch(self.generator, *self.variables)
             system = self._system(lower_batch_h, upper_batch)
             v = self.v if self.v is not None else _tree.zeros_like(system.grad_y_upper)
             d = system.combine(v)
@@ -464,7 +550,7 @@ class BilevelSolver:
             self.v = v_next
         else:
             record.update(self._lower_sweep(self.inner_steps))
-            upper_batch = problem.sample_upper_batch(self.generator)
+            upper_batch = problem.sample_upper_batch(self.generator, *self.variables)
             system = self._system(lower_batch_h, upper_batch)
             if self.algorithm == "stocbio":
                 d = system.combine(self._solve_v(system, None))
@@ -488,7 +574,7 @@ class BilevelSolver:
             self.upper_skipped += 1
             record.update({"upper_step_size": 0.0, "upper_backtracks": 0.0, "upper_loss": float("nan")})
         else:
-            result = self._apply_upper(system, d, upper_batch)
+            result = self._apply_upper(system, d, upper_batch, line)
             if isinstance(result, UpperStep):
                 record.update(
                     {
@@ -503,7 +589,13 @@ class BilevelSolver:
                     }
                 )
             else:
-                record["upper_loss"] = self._upper_value(_tree.detach(system.x), _tree.detach(system.y), upper_batch)
+                if line is not None:
+                    record["upper_loss"] = line(x_start)
+                else:
+                    assert system is not None
+                    record["upper_loss"] = self._upper_value(
+                        _tree.detach(system.x), _tree.detach(system.y), upper_batch
+                    )
                 record.update(result)
         if self.upper_rule is not None:
             record["upper_failures"] = float(self.upper_rule.failures)

@@ -4,13 +4,14 @@
 - :class:`DataHyperCleaning`: per-sample weights on corrupted labels (digits, or local MNIST files).
 - :class:`RegularizationHPO`: per-feature L2 for logistic regression on breast-cancer data.
 - :class:`HyperRepresentation`: the upper level learns a feature network, the lower level a linear head.
-
-The RL meta-gradient problem (Xu et al. 2018) is not provided yet: it needs the agents and environments
-packages.
+- :class:`MetaGradientRL`: tune an actor-critic's discount, GAE lambda or entropy weight online by the
+  one-step look-ahead meta-gradient (Xu et al. 2018) on a tensor-batched env; its batches are rollouts
+  collected with the current policy (solver algorithm ``"lookahead"``).
 """
 
 from bilevel.problems.base import BilevelProblem
 from bilevel.problems.classification import DataHyperCleaning, HyperRepresentation, RegularizationHPO
+from bilevel.problems.metagrad import MetaGradientRL, Rollout
 from bilevel.problems.ridge import Ridge
 
 PROBLEMS: dict[str, type[BilevelProblem]] = {
@@ -18,7 +19,17 @@ PROBLEMS: dict[str, type[BilevelProblem]] = {
     "hypercleaning": DataHyperCleaning,
     "regularization": RegularizationHPO,
     "representation": HyperRepresentation,
+    "metagrad": MetaGradientRL,
 }
 """Name -> problem class (the names used on the command line)."""
 
-__all__ = ["PROBLEMS", "BilevelProblem", "DataHyperCleaning", "HyperRepresentation", "RegularizationHPO", "Ridge"]
+__all__ = [
+    "PROBLEMS",
+    "BilevelProblem",
+    "DataHyperCleaning",
+    "HyperRepresentation",
+    "MetaGradientRL",
+    "RegularizationHPO",
+    "Ridge",
+    "Rollout",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,6 +45,11 @@ class BilevelProblem(abc.ABC):
     indices into the level's data set, or ``None`` for the full data set. Randomness is passed: batches are
     drawn with a ``torch.Generator`` the caller owns.
 
+    On-policy problems (reinforcement learning) have no fixed data set: their batch is fresh data collected
+    at the current variables, so the samplers receive ``(x, y)`` and may return any object their losses
+    accept (e.g. a rollout); data-set problems ignore ``(x, y)``. Such a problem sets :attr:`algorithms` to
+    the solver algorithms that apply to it and resets its collection state in :meth:`reset`.
+
     Attributes:
         n_upper: number of upper-level (validation) samples.
         n_lower: number of lower-level (training) samples.
@@ -51,6 +57,8 @@ class BilevelProblem(abc.ABC):
         lower_batch_size: default batch size for the lower level (``None`` = full batch).
         device: where the data and variables live.
         dtype: floating dtype of data and variables.
+        algorithms: names of the :class:`bilevel.BilevelSolver` algorithms that apply (``None``: all).
+        algorithms_note: why the others do not apply (quoted in the solver's error).
     """
 
     name: str = "problem"
@@ -60,6 +68,8 @@ class BilevelProblem(abc.ABC):
     lower_batch_size: int | None
     device: torch.device
     dtype: torch.dtype
+    algorithms: tuple[str, ...] | None = None
+    algorithms_note: str = ""
 
     @abc.abstractmethod
     def initial_x(self) -> Tree:
@@ -81,13 +91,25 @@ class BilevelProblem(abc.ABC):
     def metrics(self, x: Tree, y: Tree) -> dict[str, float]:
         """Evaluation numbers at ``(x, y)`` (e.g. validation and test accuracy), without a graph."""
 
-    def sample_upper_batch(self, generator: torch.Generator) -> Tensor | None:
-        """Indices of an upper-level minibatch (without replacement), or ``None`` for full batch."""
+    def sample_upper_batch(self, generator: torch.Generator, x: Tree | None = None, y: Tree | None = None) -> Any:
+        """Indices of an upper-level minibatch (without replacement), or ``None`` for full batch.
+
+        ``x``, ``y`` are the current variables (detached); data-set problems ignore them, on-policy problems
+        collect their batch with them.
+        """
         return self._sample(self.n_upper, self.upper_batch_size, generator)
 
-    def sample_lower_batch(self, generator: torch.Generator) -> Tensor | None:
-        """Indices of a lower-level minibatch (without replacement), or ``None`` for full batch."""
+    def sample_lower_batch(self, generator: torch.Generator, x: Tree | None = None, y: Tree | None = None) -> Any:
+        """Indices of a lower-level minibatch (without replacement), or ``None`` for full batch (see above)."""
         return self._sample(self.n_lower, self.lower_batch_size, generator)
+
+    def reset(self) -> None:
+        """Restart any state the problem keeps between batches (an on-policy problem's environments).
+
+        Called by the solver when it (re)starts, so that two runs with the same seed are identical. Data-set
+        problems keep no such state: nothing to do.
+        """
+        return None
 
     def _sample(self, n: int, batch_size: int | None, generator: torch.Generator) -> Tensor | None:
         if batch_size is None or batch_size >= n:

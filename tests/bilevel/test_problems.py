@@ -144,7 +144,7 @@ def test_problem_hypergradients_cg_equals_exact(make: object) -> None:
 
 
 def test_metrics_keys() -> None:
-    assert set(PROBLEMS) == {"ridge", "hypercleaning", "regularization", "representation"}
+    assert set(PROBLEMS) == {"ridge", "hypercleaning", "regularization", "representation", "metagrad"}
     p = DataHyperCleaning()
     m = p.metrics(p.initial_x(), p.initial_y())
     assert {"val_loss", "val_accuracy", "test_loss", "test_accuracy", "weight_noisy", "weight_clean"} <= set(m)
