@@ -19,8 +19,8 @@ def compute_gae(
     next_values: torch.Tensor,
     terminated: torch.Tensor,
     dones: torch.Tensor,
-    gamma: float,
-    gae_lambda: float,
+    gamma: float | torch.Tensor,
+    gae_lambda: float | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Generalized advantage estimation with separate termination and truncation.
 
@@ -43,8 +43,10 @@ def compute_gae(
             next rollout starts from.
         terminated: 1 where the episode terminated at ``t`` (bool or float), shape ``(T, N)``.
         dones: 1 where the episode ended at ``t`` by termination or truncation, shape ``(T, N)``.
-        gamma: discount factor in ``[0, 1]``.
-        gae_lambda: GAE parameter in ``[0, 1]``; 1 gives discounted returns minus the baseline.
+        gamma: discount factor in ``[0, 1]``; a 0-d tensor keeps the result differentiable in it (the
+            meta-gradient problem of :mod:`bilevel.problems.metagrad` tunes it that way).
+        gae_lambda: GAE parameter in ``[0, 1]``; 1 gives discounted returns minus the baseline; may be a
+            0-d tensor, as ``gamma``.
 
     Returns:
         ``(advantages, returns)``, each of shape ``(T, N)``.

@@ -303,8 +303,8 @@ class MetaGradientRL(BilevelProblem):
             batch.next_values,
             batch.terminated,
             batch.dones,
-            gamma,  # type: ignore[arg-type]
-            lam,  # type: ignore[arg-type]
+            gamma,
+            lam,
         )
 
     # ------------------------------------------------------------------------------------------------
