@@ -9,7 +9,9 @@ Objective (Eq. 9-11): both agents maximise the correctness of the reasoner's fin
 * ``algorithm="reinforce++"`` (single-turn runs of the paper): separate weights and the iterative schedule
   (Algorithm 1): train one agent with the other frozen, switch every ``switch_every`` updates, starting with
   the meta agent. Token advantages are the KL-shaped return, whitened over the batch (REINFORCE++); the
-  PPO-clipped token-ratio loss is averaged over tokens.
+  PPO-clipped token-ratio loss is averaged over tokens. With ``prompt_filter=(eps_min, eps_max)`` each phase
+  trains on the questions whose success rate, measured for the agent about to be trained, lies in the range
+  (Algorithm 1's filtered datasets D_h, D_l).
 * ``algorithm="grpo"`` (multi-turn runs): shared weights (roles told apart by their system prompts),
   both roles updated together, group-normalised advantages per role per question, the turn-level ratio
   (Eq. 12/13) and the trajectory-averaged loss.
