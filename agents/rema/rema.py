@@ -556,8 +556,9 @@ class ReMA:
     def learn(self, total_updates: int, callback: Callback | None = None, eval_every: int = 0,
               max_samples: int | None = None, max_tokens: int | None = None, tb_log_name: str = "ReMA") -> ReMA:
         """Run ``total_updates`` RL updates (stopping early at ``max_samples`` reasoner samples or
-        ``max_tokens`` generated tokens). Evaluates greedily every ``eval_every`` updates (0: at the end only
-        if evaluation tasks exist). ``callback(stats)`` returning ``False`` stops training."""
+        ``max_tokens`` generated tokens, the prompt filter's included). Evaluates greedily every
+        ``eval_every`` updates (0: at the end only if evaluation tasks exist). ``callback(stats)`` returning
+        ``False`` stops training."""
         if not isinstance(total_updates, int) or total_updates < 0:
             raise ValueError(f"Invalid total_updates: {total_updates!r}, expected a non-negative integer")
         if self.tensorboard_log is not None and self._writer is None:
