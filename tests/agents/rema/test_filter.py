@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.rema import ReMA, RewardConfig, TinyConfig
+from agents.rema import ReMA, RewardConfig, TinyConfig, TinyPolicy
 from agents.rema.policy import Generation
 from agents.rema.rollout import Sampling, consistency, in_range, rollout_single_turn, success_rates
 from envs.reasoning import ArithmeticTasks, ReasoningTask
@@ -280,3 +280,22 @@ def test_consistency_reward_is_routed_to_the_meta_agent_only() -> None:
     agent = ReMA(tasks, {"meta": meta, "reasoner": reasoner}, n_plans=1, n_answers=4, max_new_tokens=16,
                  rewards=RewardConfig(meta_reward="consistency"), eval_tasks=[], ood_tasks=[])
     assert [s.reward for s in agent.rollout(tasks).role("meta")] == [0.75, -1.0]
+
+
+def test_success_rates_on_device_are_seeded_and_counted_in_steps_of_one_over_k(device: torch.device) -> None:
+    class Parity(RewardConfig):
+        # an untrained reasoner never answers: call a response right when its length is even
+        def reasoner(self, text: str, reference: str) -> tuple[float, bool]:
+            return (1.0, True) if len(text) % 2 == 0 else (-1.0, False)
+
+    config = TinyConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, max_length=64)
+    meta, reasoner = TinyPolicy(config, seed=0).to(device), TinyPolicy(config, seed=1).to(device)
+    tasks = ArithmeticTasks(2, 3, seed=0).sample(6)
+    k = 3
+    for role in ("meta", "reasoner"):
+        runs = [success_rates(meta, reasoner, tasks, role, k, 12, torch.Generator(device=device).manual_seed(5),
+                              rewards=Parity()) for _ in range(2)]
+        rates = runs[0][0]
+        assert rates.device.type == device.type and rates.shape == (len(tasks),)
+        assert torch.equal(rates, runs[1][0]) and runs[0][1] == runs[1][1]
+        assert torch.equal(rates * k, (rates * k).round()) and bool(((rates >= 0) & (rates <= 1)).all())
