@@ -9,11 +9,16 @@ schedule). Greedy accuracy on in-distribution (2-4 operands) and OOD (5-6 operan
 * at equal generated tokens: each method's last evaluation within the smallest token count any method
   reached (ReMA spends tokens on plans, so it gets fewer updates there).
 
+``--modes rema rema_filter vrp mrp`` adds ReMA with Algorithm 1's prompt filter (``--prompt-filter``, default the
+paper's success-rate range 0.2-0.8, ``--filter-k`` samples per question, candidates per phase = questions per
+phase): the filter's generated tokens count in its token budget, so "equal tokens" charges it for filtering.
+
 Speed: generation throughput of the KV-cache sampler (tokens/s) against Hugging Face ``generate`` on a
 LlamaForCausalLM of the same width and depth (when transformers is installed), and seconds per RL update.
 
 Usage:
     python benchmarks/bench_rema.py --seeds 0 1 2 --jobs 2
+    python benchmarks/bench_rema.py --seeds 0 1 2 --jobs 2 --modes rema rema_filter vrp mrp
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from typing import Any
 
 import torch
 
-MODES = ("rema", "vrp", "mrp")
-NAMES = {"rema": "ReMA", "vrp": "VRP_RL", "mrp": "MRP_RL"}
+MODES = ("rema", "rema_filter", "vrp", "mrp")
+NAMES = {"rema": "ReMA", "rema_filter": "ReMA + prompt filter", "vrp": "VRP_RL", "mrp": "MRP_RL"}
 
 
 def run(mode: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
@@ -37,11 +42,14 @@ def run(mode: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     from agents.rema import ReMA, TinyConfig
     from envs.reasoning import make_split
 
-    agent = ReMA(mode=mode, algorithm=args["algorithm"], batch_questions=args["batch_questions"],
+    filtered = mode == "rema_filter"
+    agent = ReMA(mode="rema" if filtered else mode, algorithm=args["algorithm"],
+                 batch_questions=args["batch_questions"],
                  n_plans=args["n_plans"], n_answers=args["n_answers"], switch_every=args["switch_every"],
                  optimizer_kwargs={"lr": args["lr"]}, tiny_config=TinyConfig(d_model=args["d_model"], n_layers=2),
                  eval_tasks=make_split("test", args["eval_size"], seed=100),
-                 ood_tasks=make_split("ood", args["eval_size"], seed=100), seed=seed)
+                 ood_tasks=make_split("ood", args["eval_size"], seed=100), seed=seed,
+                 prompt_filter=tuple(args["prompt_filter"]) if filtered else None, filter_k=args["filter_k"])
     start = time.perf_counter()
     agent.warm_start(steps=args["warm_start_steps"], batch_size=32, p_bad_plan=args["p_bad_plan"])
     warm_s = time.perf_counter() - start
@@ -49,13 +57,19 @@ def run(mode: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     rollouts: list[float] = []
     tokens: list[float] = []
 
+    kept: list[float] = []
+
     def callback(stats: dict[str, float]) -> None:
+        if "filter/kept_fraction" in stats:
+            kept.append(stats["filter/kept_fraction"])
         updates.append(stats["time/update_s"])
         rollouts.append(stats["time/rollout_s"])
         tokens.append(stats["generated_tokens"])
 
     agent.learn(args["updates"], eval_every=args["eval_every"], callback=callback)
     return {"mode": mode, "seed": seed, "history": agent.history, "warm_start_s": warm_s,
+            "filter_tokens": agent.num_filter_tokens, "filter_fallbacks": agent.filter_fallbacks,
+            "kept_fraction": kept,
             "update_s": statistics.mean(updates), "rollout_tokens_per_s": sum(tokens) / sum(rollouts)}
 
 
@@ -138,6 +152,10 @@ def main() -> None:
     parser.add_argument("--switch-every", type=int, default=5)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["rema", "vrp", "mrp"])
+    parser.add_argument("--prompt-filter", type=float, nargs=2, default=[0.2, 0.8], metavar=("EPS_MIN", "EPS_MAX"),
+                        help="success-rate range kept by rema_filter's prompt filter")
+    parser.add_argument("--filter-k", type=int, default=4, help="samples per question of rema_filter's filter")
     parser.add_argument("--skip-table", action="store_true", help="only the throughput measurement")
     parser.add_argument("--repeats", type=int, default=5, help="timed batches per sampler (median reported)")
     args = vars(parser.parse_args())
@@ -148,7 +166,7 @@ def main() -> None:
     print(json.dumps({"throughput": speed}), flush=True)
     if args["skip_table"]:
         return
-    jobs = [(mode, seed) for seed in args["seeds"] for mode in MODES]
+    jobs = [(mode, seed) for seed in args["seeds"] for mode in args["modes"]]
     results = []
     with ProcessPoolExecutor(max_workers=args["jobs"]) as pool:
         futures = [pool.submit(run, mode, seed, args) for mode, seed in jobs]
@@ -156,11 +174,12 @@ def main() -> None:
             r = future.result()
             results.append(r)
             print(json.dumps({k: r[k] for k in ("mode", "seed", "warm_start_s", "update_s", "rollout_tokens_per_s",
-                                                "history")}), flush=True)
+                                                "filter_tokens", "filter_fallbacks", "kept_fraction", "history")}),
+                  flush=True)
     print("\n| method | ID acc (warm start) | ID acc (equal samples) | OOD acc (warm start) | OOD acc (equal samples) "
           "| ID acc (equal tokens) | OOD acc (equal tokens) | tokens/question | s/update |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for mode in MODES:
+    for mode in args["modes"]:
         rows = [r for r in results if r["mode"] == mode]
         seeds = sorted(r["seed"] for r in rows)
         cells = []

@@ -13,9 +13,10 @@ Example:
 
 from agents.rema.losses import grpo_advantages, k3_kl, policy_loss, reinforce_pp_advantages, turn_level_ratio
 from agents.rema.policy import CharTokenizer, Generation, Policy, TinyConfig, TinyPolicy
-from agents.rema.rema import ALGORITHMS, MODES, ReMA
+from agents.rema.rema import ALGORITHMS, MODES, PAPER_FILTER, ReMA
 from agents.rema.rollout import (
     FINISH,
+    META_REWARDS,
     PAPER_PROMPTS,
     ROLES,
     TERMINATION,
@@ -25,13 +26,17 @@ from agents.rema.rollout import (
     Rollout,
     Sampling,
     Segment,
+    consistency,
     demonstrations,
+    success_rates,
 )
 
 __all__ = [
     "ALGORITHMS",
     "FINISH",
+    "META_REWARDS",
     "MODES",
+    "PAPER_FILTER",
     "PAPER_PROMPTS",
     "ROLES",
     "TERMINATION",
@@ -47,10 +52,12 @@ __all__ = [
     "Segment",
     "TinyConfig",
     "TinyPolicy",
+    "consistency",
     "demonstrations",
     "grpo_advantages",
     "k3_kl",
     "policy_loss",
     "reinforce_pp_advantages",
+    "success_rates",
     "turn_level_ratio",
 ]

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from agents.rema.policy import TinyConfig
-from agents.rema.rema import ALGORITHMS, ReMA
+from agents.rema.rema import ALGORITHMS, PAPER_FILTER, ReMA
+from agents.rema.rollout import META_REWARDS, RewardConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -55,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="optimizer of the reasoner (overrides --optimizer)")
     parser.add_argument("--lr", type=float, default=5e-4, help="learning rate of adam/sgd (initial step of sls)")
     parser.add_argument("--switch-every", type=int, default=10, help="updates between switches of the trained agent")
+    parser.add_argument("--meta-reward", choices=META_REWARDS, default="correctness",
+                        help="meta agent's reward: mean correctness of the reasoner's answers (App. C.2) or their "
+                             "consistency, the share of the most frequent answer (Eq. 14)")
+    parser.add_argument("--prompt-filter", type=_filter_range, default=None, metavar="{off,on,EPS_MIN,EPS_MAX}",
+                        help="Algorithm 1's prompt filter before each phase of the alternating schedule: off, on "
+                             f"(the paper's range {PAPER_FILTER[0]},{PAPER_FILTER[1]}) or a success-rate range "
+                             "'EPS_MIN,EPS_MAX' (default: off)")
+    parser.add_argument("--filter-k", type=int, default=4, help="samples per question of the prompt filter")
+    parser.add_argument("--filter-pool", type=int, default=None,
+                        help="candidate questions per phase of the prompt filter (default: batch-questions x "
+                             "switch-every)")
     parser.add_argument("--kl-coef", type=float, default=None, help="KL weight (default: 0.01 REINFORCE++, 0 GRPO)")
     parser.add_argument("--d-model", type=int, default=64, help="width of the tiny transformer")
     parser.add_argument("--n-layers", type=int, default=2, help="layers of the tiny transformer")
@@ -66,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tensorboard-log", default="runs/rema/tb", help="TensorBoard directory ('' to disable)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
+
+
+def _filter_range(text: str) -> tuple[float, float] | None:
+    """``off`` -> None, ``on`` -> the paper's range, ``a,b`` -> (a, b) (checked by the trainer)."""
+    if text == "off":
+        return None
+    if text == "on":
+        return PAPER_FILTER
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected off, on or EPS_MIN,EPS_MAX, got {text!r}") from None
+    return low, high
 
 
 def _optimizer(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -104,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_turns=args.max_turns, batch_questions=args.batch_questions,
             n_plans=args.n_plans, n_answers=1 if args.multi_turn and mode == "rema" else args.n_answers,
             max_new_tokens=args.max_new_tokens, kl_coef=args.kl_coef, switch_every=args.switch_every,
+            rewards=RewardConfig(meta_reward=args.meta_reward) if mode == "rema" else None,
+            prompt_filter=args.prompt_filter if mode == "rema" else None, filter_k=args.filter_k,
+            filter_pool=args.filter_pool,
             optimizer=names if mode == "rema" else names["reasoner"],
             optimizer_kwargs=kwargs if mode == "rema" else kwargs["reasoner"],
             tiny_config=TinyConfig(d_model=args.d_model, n_layers=args.n_layers), eval_tasks=eval_tasks,

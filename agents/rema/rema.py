@@ -9,7 +9,9 @@ Objective (Eq. 9-11): both agents maximise the correctness of the reasoner's fin
 * ``algorithm="reinforce++"`` (single-turn runs of the paper): separate weights and the iterative schedule
   (Algorithm 1): train one agent with the other frozen, switch every ``switch_every`` updates, starting with
   the meta agent. Token advantages are the KL-shaped return, whitened over the batch (REINFORCE++); the
-  PPO-clipped token-ratio loss is averaged over tokens.
+  PPO-clipped token-ratio loss is averaged over tokens. With ``prompt_filter=(eps_min, eps_max)`` each phase
+  trains on the questions whose success rate, measured for the agent about to be trained, lies in the range
+  (Algorithm 1's filtered datasets D_h, D_l).
 * ``algorithm="grpo"`` (multi-turn runs): shared weights (roles told apart by their system prompts),
   both roles updated together, group-normalised advantages per role per question, the turn-level ratio
   (Eq. 12/13) and the trajectory-averaged loss.
@@ -23,9 +25,11 @@ solve in one pass) with the same algorithm and the same number of reasoner sampl
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -47,17 +51,21 @@ from agents.rema.rollout import (
     Sampling,
     Segment,
     demonstrations,
+    in_range,
     rollout_multi_turn,
     rollout_single_agent,
     rollout_single_turn,
+    success_rates,
 )
 from envs.reasoning import ArithmeticTasks, ReasoningTask, make_split
 
-__all__ = ["ALGORITHMS", "MODES", "ReMA"]
+__all__ = ["ALGORITHMS", "MODES", "PAPER_FILTER", "ReMA"]
 
 ALGORITHMS = ("reinforce++", "grpo")
 MODES = ("rema", "vrp", "mrp")
 SCHEDULES = ("alternate", "simultaneous")
+#: the success-rate range of Algorithm 1's prompt filter in the paper's MATH runs (App. D.1)
+PAPER_FILTER = (0.2, 0.8)
 
 Callback = Callable[[dict[str, float]], bool | None]
 
@@ -75,6 +83,32 @@ def _per_role(name: str, value: Any, roles: Sequence[str]) -> dict[str, Any]:
             raise ValueError(f"Invalid {name}: unknown role(s) {sorted(unknown)}, expected keys in {list(ROLES)}")
         return {role: value.get(role) for role in roles}
     return dict.fromkeys(roles, value)
+
+
+def _check_filter(prompt_filter: object, filter_k: object, filter_pool: object, *, mode: str, schedule: str,
+                  multi_turn: bool) -> tuple[float, float] | None:
+    """Check the prompt-filter arguments; returns ``(eps_min, eps_max)`` or ``None`` (off)."""
+    for name, value in (("filter_k", filter_k), ("filter_pool", filter_pool)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"Invalid {name}: {value!r}, expected a positive integer")
+    if filter_k is None:
+        raise ValueError("Invalid filter_k: None, expected a positive integer")
+    if prompt_filter is None or prompt_filter is False or prompt_filter == "off":
+        return None
+    if prompt_filter is True or prompt_filter == "on":
+        prompt_filter = PAPER_FILTER
+    if (isinstance(prompt_filter, (str, bytes)) or not isinstance(prompt_filter, Sequence)
+            or len(prompt_filter) != 2
+            or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in prompt_filter)):
+        raise ValueError(f"Invalid prompt_filter: {prompt_filter!r}, expected None/'off', True/'on' "
+                         f"(= {PAPER_FILTER}) or a pair (eps_min, eps_max) of numbers")
+    eps_min, eps_max = float(prompt_filter[0]), float(prompt_filter[1])
+    if not (math.isfinite(eps_min) and math.isfinite(eps_max) and 0.0 <= eps_min <= eps_max <= 1.0):
+        raise ValueError(f"Invalid prompt_filter: {prompt_filter!r}, expected 0 <= eps_min <= eps_max <= 1")
+    if mode != "rema" or schedule != "alternate" or multi_turn:
+        raise ValueError(f"Invalid prompt_filter: Algorithm 1's filter is for single-turn ReMA with the alternating "
+                         f"schedule, got mode={mode!r}, schedule={schedule!r}, multi_turn={multi_turn}")
+    return eps_min, eps_max
 
 
 def _validate(*, mode: str, algorithm: str, start_role: str, schedule: str | None, ratio: str | None,
@@ -142,6 +176,17 @@ class ReMA:
         max_grad_norm: gradient clipping for torch optimizers (rlopt's rules are not clipped).
         rewards: the reward settings. prompts: system prompts (default: short ones for tiny models, the
             paper's for Hugging Face models).
+        prompt_filter: Algorithm 1's prompt filtering (single-turn ReMA, alternating schedule): before each phase
+            (every ``switch_every`` updates) ``filter_pool`` candidate questions are drawn, their success rate
+            measured as in :func:`agents.rema.rollout.success_rates` for the role about to be trained, and the
+            phase trains on the questions whose rate lies in ``[eps_min, eps_max]``. ``None``/``"off"``
+            (default): no filtering; ``True``/``"on"``: the paper's MATH range :data:`PAPER_FILTER`
+            ``(0.2, 0.8)``; or a pair ``(eps_min, eps_max)``. If no candidate is in range the phase trains on
+            all candidates and a ``RuntimeWarning`` is issued (counted in ``filter_fallbacks``).
+        filter_k: samples per question of the filter (paper: 10; default 4, which keeps the filter's cost near
+            that of the phase's own rollouts on a CPU).
+        filter_pool: candidate questions per phase (default ``batch_questions * switch_every``, what one phase
+            consumes without filtering); kept questions are reshuffled and reused within the phase.
         tiny_config: size of the built-in models.
         eval_tasks: in-distribution evaluation tasks (default for ``"arithmetic"``: 128 test-split tasks).
         ood_tasks: out-of-distribution evaluation tasks (default for ``"arithmetic"``: 128 OOD tasks).
@@ -192,6 +237,9 @@ class ReMA:
         max_grad_norm: float | None = 1.0,
         rewards: RewardConfig | None = None,
         prompts: Prompts | None = None,
+        prompt_filter: tuple[float, float] | bool | str | None = None,
+        filter_k: int = 4,
+        filter_pool: int | None = None,
         tiny_config: TinyConfig | None = None,
         eval_tasks: Sequence[ReasoningTask] | None = None,
         ood_tasks: Sequence[ReasoningTask] | None = None,
@@ -214,6 +262,15 @@ class ReMA:
         if mode != "rema":
             self.shared_weights = True
         self.schedule = schedule or ("simultaneous" if self.shared_weights else "alternate")
+        self.prompt_filter = _check_filter(prompt_filter, filter_k, filter_pool, mode=mode, schedule=self.schedule,
+                                           multi_turn=multi_turn)
+        self.filter_k = filter_k
+        self.filter_pool = filter_pool or batch_questions * switch_every
+        if not isinstance(rewards, (RewardConfig, type(None))):
+            raise TypeError(f"Invalid rewards: expected a RewardConfig, got {type(rewards).__name__}")
+        if multi_turn and rewards is not None and rewards.meta_reward != "correctness":
+            raise ValueError(f"Invalid rewards: meta_reward={rewards.meta_reward!r} needs several reasoner answers "
+                             "per plan; multi-turn episodes use the outcome reward (meta_reward='correctness')")
         self.switch_every = switch_every
         self.start_role = start_role
         self.multi_turn = multi_turn
@@ -295,6 +352,11 @@ class ReMA:
         self.num_updates = 0
         self.num_samples = 0
         self.num_generated_tokens = 0
+        self.num_filter_tokens = 0
+        self.filter_fallbacks = 0
+        # the questions of the current phase of the filtered schedule, and their shuffled order
+        self._phase_tasks: list[ReasoningTask] | None = None
+        self._phase_order: list[int] = []
         self.history: list[dict[str, float]] = []
         self._writer: Any = None
         self._init_kwargs = {
@@ -304,6 +366,7 @@ class ReMA:
             "max_new_tokens": max_new_tokens, "max_prompt_length": max_prompt_length, "temperature": temperature,
             "top_p": top_p, "clip_eps": clip_eps, "kl_coef": self.kl_coef, "ratio": self.ratio,
             "aggregate": self.aggregate, "n_epochs": n_epochs, "max_grad_norm": max_grad_norm,
+            "prompt_filter": self.prompt_filter, "filter_k": filter_k, "filter_pool": filter_pool,
             "modulus": modulus, "seed": seed, "verbose": verbose, "tensorboard_log": tensorboard_log,
         }
 
@@ -354,15 +417,66 @@ class ReMA:
         return self.policies[role]
 
     # ------------------------------------------------------------------ data
-    def _next_tasks(self) -> list[ReasoningTask]:
+    def _draw(self, n: int) -> list[ReasoningTask]:
+        """The next ``n`` questions of the task stream or of the shuffled dataset."""
         if self._task_stream is not None:
-            return self._task_stream.sample(self.batch_questions)
+            return self._task_stream.sample(n)
         out = []
-        for _ in range(self.batch_questions):
+        for _ in range(n):
             if not self._task_order:  # reshuffle each epoch
                 self._task_order = torch.randperm(len(self.tasks), generator=self._task_generator).tolist()
             out.append(self.tasks[self._task_order.pop()])
         return out
+
+    def _next_tasks(self) -> list[ReasoningTask]:
+        if self._phase_tasks is None:
+            return self._draw(self.batch_questions)
+        out = []
+        for _ in range(self.batch_questions):
+            if not self._phase_order:  # reshuffle each pass over the phase's filtered questions
+                self._phase_order = torch.randperm(len(self._phase_tasks), generator=self._task_generator).tolist()
+            out.append(self._phase_tasks[self._phase_order.pop()])
+        return out
+
+    def filter_tasks(self, tasks: Sequence[ReasoningTask], role: str) -> tuple[list[ReasoningTask], Tensor]:
+        """Algorithm 1's prompt filter: the questions of ``tasks`` whose success rate, measured for the phase
+        that trains ``role`` (:func:`agents.rema.rollout.success_rates`, ``filter_k`` samples each, drawn
+        with the trainer's sampler), lies in ``prompt_filter``; and the rates.
+
+        Raises:
+            ValueError: when the filter is off, for an unknown role or no tasks.
+        """
+        if self.prompt_filter is None:
+            raise ValueError("Invalid prompt_filter: None (off); pass prompt_filter=(eps_min, eps_max)")
+        _check_choice("role", role, ROLES)
+        if not tasks:
+            raise ValueError("Invalid tasks: no questions to filter")
+        rates, tokens = success_rates(self.policies["meta"], self.policies["reasoner"], tasks, role, self.filter_k,
+                                      self.sampling.max_new_tokens, self.sampler, self.prompts, self.rewards)
+        self.num_filter_tokens += tokens
+        self.num_generated_tokens += tokens
+        keep = in_range(rates, *self.prompt_filter).nonzero().flatten().tolist()
+        return [tasks[i] for i in keep], rates
+
+    def _start_phase(self, role: str) -> dict[str, float]:
+        """Filter a fresh pool of candidates for the phase that trains ``role``; returns its statistics."""
+        candidates = self._draw(self.filter_pool)
+        before = self.num_filter_tokens
+        kept, rates = self.filter_tasks(candidates, role)
+        stats = {"filter/kept_fraction": len(kept) / len(candidates), "filter/success_rate": float(rates.mean()),
+                 "filter/tokens": float(self.num_filter_tokens - before)}
+        if not kept:
+            # training on nothing would stall the phase: keep the unfiltered candidates and say so
+            self.filter_fallbacks += 1
+            warnings.warn(f"prompt filter kept no question in {list(self.prompt_filter or ())} for the {role} "
+                          f"phase at update {self.num_updates} (mean success rate {stats['filter/success_rate']:.3f});"
+                          f" training this phase on the {len(candidates)} unfiltered candidates "
+                          f"(fallback {self.filter_fallbacks})", RuntimeWarning, stacklevel=3)
+            kept = candidates
+        stats["filter/fallbacks"] = float(self.filter_fallbacks)
+        self._phase_tasks = kept
+        self._phase_order = []
+        return stats
 
     def rollout(self, tasks: Sequence[ReasoningTask], greedy: bool = False, n_plans: int | None = None,
                 n_answers: int | None = None, generator: torch.Generator | None = None) -> Rollout:
@@ -442,8 +556,9 @@ class ReMA:
     def learn(self, total_updates: int, callback: Callback | None = None, eval_every: int = 0,
               max_samples: int | None = None, max_tokens: int | None = None, tb_log_name: str = "ReMA") -> ReMA:
         """Run ``total_updates`` RL updates (stopping early at ``max_samples`` reasoner samples or
-        ``max_tokens`` generated tokens). Evaluates greedily every ``eval_every`` updates (0: at the end only
-        if evaluation tasks exist). ``callback(stats)`` returning ``False`` stops training."""
+        ``max_tokens`` generated tokens, the prompt filter's included). Evaluates greedily every
+        ``eval_every`` updates (0: at the end only if evaluation tasks exist). ``callback(stats)`` returning
+        ``False`` stops training."""
         if not isinstance(total_updates, int) or total_updates < 0:
             raise ValueError(f"Invalid total_updates: {total_updates!r}, expected a non-negative integer")
         if self.tensorboard_log is not None and self._writer is None:
@@ -476,12 +591,18 @@ class ReMA:
         if not self.references:  # the reference is the policy at the start of RL (after any warm start)
             for name, roles in self._model_roles().items():
                 self.references[name] = self.policies[roles[0]].frozen_copy()
+        roles = self.trained_roles(self.num_updates)
+        filter_stats: dict[str, float] = {}
+        if self.prompt_filter is not None and (self.num_updates % self.switch_every == 0 or self._phase_tasks is None):
+            start = time.perf_counter()
+            filter_stats = self._start_phase(roles[0])
+            filter_stats["time/filter_s"] = time.perf_counter() - start
         tasks = self._next_tasks()
         start = time.perf_counter()
         rollout = self.rollout(tasks)
         stats = dict(rollout.stats)
+        stats.update(filter_stats)
         stats["time/rollout_s"] = time.perf_counter() - start
-        roles = self.trained_roles(self.num_updates)
         for name, model_roles in self._model_roles().items():
             active = [r for r in model_roles if r in roles]
             batches = {r: self._role_batch(rollout.role(r), self.policies[r], self.references[name]) for r in
@@ -615,6 +736,11 @@ class ReMA:
             "references": {n: p.state_dict() for n, p in self.references.items()},
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
             "counters": [self.num_updates, self.num_samples, self.num_generated_tokens],
+            "filter_state": {"tokens": self.num_filter_tokens, "fallbacks": self.filter_fallbacks,
+                             "phase_tasks": None if self._phase_tasks is None else [asdict(t) for t in
+                                                                                    self._phase_tasks],
+                             "phase_order": list(self._phase_order), "task_order": list(self._task_order),
+                             "task_generator": self._task_generator.get_state()},
             "history": self.history,
             "task_stream": None if self._task_stream is None else self._task_stream.generator.get_state(),
             "stream_config": None if self._task_stream is None else [
@@ -670,6 +796,14 @@ class ReMA:
         for name, sd in state["optimizers"].items():
             agent.optimizers[name].load_state_dict(sd)
         agent.num_updates, agent.num_samples, agent.num_generated_tokens = state["counters"]
+        filter_state = state.get("filter_state")
+        if filter_state is not None:
+            agent.num_filter_tokens, agent.filter_fallbacks = filter_state["tokens"], filter_state["fallbacks"]
+            phase = filter_state["phase_tasks"]
+            agent._phase_tasks = None if phase is None else [ReasoningTask(**t) for t in phase]
+            agent._phase_order = list(filter_state["phase_order"])
+            agent._task_order = list(filter_state["task_order"])
+            agent._task_generator.set_state(filter_state["task_generator"])
         agent.history = list(state["history"])
         if state["task_stream"] is not None and agent._task_stream is not None:
             agent._task_stream.generator.set_state(state["task_stream"])

@@ -32,6 +32,7 @@ from envs.reasoning import (
     execute_plan,
     extract_answer,
     format_answer,
+    normalize_answer,
     parse_expression,
     precedence_plan,
     render_expression,
@@ -39,6 +40,7 @@ from envs.reasoning import (
 
 __all__ = [
     "FINISH",
+    "META_REWARDS",
     "PAPER_PROMPTS",
     "ROLES",
     "TERMINATION",
@@ -48,16 +50,21 @@ __all__ = [
     "Rollout",
     "Sampling",
     "Segment",
+    "consistency",
     "demonstrations",
+    "in_range",
     "rollout_multi_turn",
     "rollout_single_agent",
     "rollout_single_turn",
+    "success_rates",
 ]
 
 #: the two agents of ReMA; the single-agent baselines use the role "reasoner" only
 ROLES = ("meta", "reasoner")
 #: the marker with which the meta agent ends a multi-turn episode
 FINISH = "[FINISH]"
+#: the meta agent's rewards of the paper: mean correctness (App. C.2) or consistency (Eq. 14)
+META_REWARDS = ("correctness", "consistency")
 #: termination codes of a multi-turn episode
 TERMINATION = {"finished": 0, "max_turns": 1, "token_budget": 2, "truncated": 3}
 
@@ -108,15 +115,31 @@ class RewardConfig:
     """The rewards of ReMA's base setting (App. C.2), configurable.
 
     Reasoner: ``correct`` if its marked answer is right, ``wrong_formatted`` if wrong but marked,
-    ``no_answer`` if it has no marked answer. Meta agent: the mean correctness (1/0) of the reasoner samples
-    answering its plan, plus ``leak_penalty`` if the plan contains a marked answer (it must not state the
-    answer). Multi-turn (App. D.2): both agents get ``correct`` when the episode finished (code 0) and the
-    last answer is right, else 0.
+    ``no_answer`` if it has no marked answer. Meta agent (``meta_reward``):
+
+    * ``"correctness"`` (App. C.2, the default): the mean correctness (1/0) of the ``n`` reasoner answers
+      to its plan, ``R_h = (1/n) sum_i 1[y_i = y*]``;
+    * ``"consistency"`` (Eq. 14): the share of the most frequent answer among the ``n`` answers,
+      ``R_h = max_a |{i : y_i = a}| / n`` (answers compared after :func:`envs.reasoning.normalize_answer`,
+      responses without a marked answer count in ``n`` but never as an answer), and 0 when most responses
+      (more than ``n / 2``) have no marked answer. It needs no reference answer.
+
+    Either way ``leak_penalty`` is added if the plan contains a marked answer (it must not state the answer).
+    Multi-turn (App. D.2): both agents get ``correct`` when the episode finished (code 0) and the last answer
+    is right, else 0.
+
+    Raises:
+        ValueError: for an unknown ``meta_reward``.
 
     Example:
         >>> rewards = RewardConfig()
         >>> [rewards.reasoner(text, "7") for text in ("3+4=7;\\\\boxed{7}", "\\\\boxed{6}", "7")]
         [(1.0, True), (-0.5, False), (-1.0, False)]
+        >>> answers = ["\\\\boxed{3}", "\\\\boxed{3}", "\\\\boxed{4}", "no answer"]
+        >>> RewardConfig().meta("21", answers, [True, True, False, False])
+        0.5
+        >>> RewardConfig(meta_reward="consistency").meta("21", answers, [True, True, False, False])
+        0.5
     """
 
     correct: float = 1.0
@@ -124,6 +147,11 @@ class RewardConfig:
     no_answer: float = -1.0
     leak_penalty: float = -1.0
     use_math_verify: bool = True
+    meta_reward: str = "correctness"
+
+    def __post_init__(self) -> None:
+        if self.meta_reward not in META_REWARDS:
+            raise ValueError(f"Invalid meta_reward: {self.meta_reward!r}, expected one of {list(META_REWARDS)}")
 
     def reasoner(self, text: str, reference: str) -> tuple[float, bool]:
         """(reward, correct) of a reasoner response."""
@@ -133,6 +161,46 @@ class RewardConfig:
         if answers_match(answer, reference, self.use_math_verify):
             return self.correct, True
         return self.wrong_formatted, False
+
+    def meta(self, plan: str, answers: Sequence[str], correct: Sequence[bool]) -> float:
+        """The meta agent's reward for ``plan`` given the reasoner's ``answers`` to it and their correctness.
+
+        Raises:
+            ValueError: for no answers, or ``answers`` and ``correct`` of different lengths.
+        """
+        if not answers or len(answers) != len(correct):
+            raise ValueError(f"Invalid answers: expected a non-empty list with one correctness flag each, got "
+                             f"{len(answers)} answers and {len(correct)} flags")
+        penalty = self.leak_penalty if plan_leaks(plan) else 0.0
+        if self.meta_reward == "correctness":
+            return sum(map(bool, correct)) / len(correct) + penalty
+        return consistency(answers) + penalty
+
+
+def consistency(answers: Sequence[str]) -> float:
+    """ReMA's consistency score (Eq. 14) of reasoner responses: the share of the most frequent marked answer,
+    ``max_a |{i : y_i = a}| / n``, or 0 when more than half of the ``n`` responses have no marked answer.
+
+    Example:
+        >>> consistency(["\\\\boxed{3}", "\\\\boxed{3.0}", "\\\\boxed{4}", "none"])
+        0.5
+        >>> consistency(["a", "b", "\\\\boxed{1}"])  # most responses have no marked answer
+        0.0
+    """
+    if not answers:
+        raise ValueError("Invalid answers: expected at least one reasoner response")
+    counts: dict[str, int] = {}
+    unanswered = 0
+    for text in answers:
+        answer = extract_answer(text)
+        if answer is None:
+            unanswered += 1
+            continue
+        key = normalize_answer(answer)
+        counts[key] = counts.get(key, 0) + 1
+    if 2 * unanswered > len(answers) or not counts:
+        return 0.0
+    return max(counts.values()) / len(answers)
 
 
 def plan_leaks(plan: str) -> bool:
@@ -198,6 +266,89 @@ def _generate(policy: Policy, prompts: list[list[int]], sampling: Sampling,
     return out.tokens, texts, out.logprobs, out.stopped
 
 
+def _meta_prompts(meta: Policy, tasks: Sequence[ReasoningTask], n_plans: int, prompts: Prompts) -> list[list[int]]:
+    """The meta agent's prompt of every task, repeated ``n_plans`` times (task-major)."""
+    out = []
+    for task in tasks:
+        chat = [{"role": "system", "content": prompts.meta_system}, {"role": "user", "content": task.question}]
+        out.extend([meta.encode_chat(chat)] * n_plans)
+    return out
+
+
+def _reasoner_prompts(reasoner: Policy, tasks: Sequence[ReasoningTask], plans: Sequence[str], n_plans: int,
+                      n_answers: int, prompts: Prompts) -> list[list[int]]:
+    """The reasoner's prompt of every plan (plan ``i`` answers task ``i // n_plans``), repeated ``n_answers``
+    times (plan-major)."""
+    out = []
+    for i, plan in enumerate(plans):
+        task = tasks[i // n_plans]
+        chat = [{"role": "system", "content": prompts.reasoner_system},
+                {"role": "user", "content": prompts.reasoner_user.format(question=task.question, plan=plan)}]
+        out.extend([reasoner.encode_chat(chat)] * n_answers)
+    return out
+
+
+@torch.no_grad()
+def success_rates(
+    meta: Policy,
+    reasoner: Policy,
+    tasks: Sequence[ReasoningTask],
+    role: str,
+    k: int,
+    max_new_tokens: int,
+    generator: torch.Generator | None = None,
+    prompts: Prompts = TINY_PROMPTS,
+    rewards: RewardConfig = RewardConfig(),
+) -> tuple[Tensor, int]:
+    """Empirical success rate of every question, as Algorithm 1 of ReMA (App. D.1) measures it before the
+    phase that trains ``role``:
+
+    * ``role="meta"``: the meta agent samples ``k`` plans at temperature 1 and the reasoner answers each once
+      greedily;
+    * ``role="reasoner"``: the meta agent writes one greedy plan and the reasoner samples ``k`` answers to it
+      at temperature 1.
+
+    The rate of question ``q`` is ``(1/k) sum_i 1[y_{q,i} = y*_q]``. Each agent generates once for the whole
+    batch (``len(tasks) * k`` sequences at most), on the policies' device.
+
+    Returns:
+        The rates, a float64 tensor of shape ``(len(tasks),)`` on the reasoner's device, and the number of
+        tokens generated.
+
+    Raises:
+        ValueError: for an unknown role or ``k < 1``.
+    """
+    if role not in ROLES:
+        raise ValueError(f"Invalid role: {role!r}, expected one of {list(ROLES)}")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"Invalid k: {k!r}, expected a positive integer")
+    sampled = Sampling(max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0)
+    greedy = Sampling(max_new_tokens=max_new_tokens, greedy=True)
+    n_plans, n_answers = (k, 1) if role == "meta" else (1, k)
+    plan_ids, plans, _, _ = _generate(meta, _meta_prompts(meta, tasks, n_plans, prompts),
+                                      sampled if role == "meta" else greedy, generator)
+    answer_ids, answers, _, _ = _generate(reasoner, _reasoner_prompts(reasoner, tasks, plans, n_plans, n_answers,
+                                                                      prompts),
+                                          greedy if role == "meta" else sampled, generator)
+    # answer j belongs to question j // k in both layouts (task-major plans, plan-major answers)
+    correct = torch.tensor([rewards.reasoner(text, tasks[j // k].answer)[1] for j, text in enumerate(answers)],
+                           dtype=torch.float64, device=reasoner.device)
+    tokens = sum(map(len, plan_ids)) + sum(map(len, answer_ids))
+    return correct.view(len(tasks), k).mean(dim=1), tokens
+
+
+def in_range(rates: Tensor, eps_min: float, eps_max: float) -> Tensor:
+    """Algorithm 1's filter: ``eps_min <= rate <= eps_max`` (both ends included), as a boolean mask.
+
+    A tolerance of 1e-9 absorbs the rounding of ``count / k`` (e.g. 2/10 against 0.2).
+
+    Example:
+        >>> in_range(torch.tensor([0.0, 0.2, 0.5, 0.8, 1.0], dtype=torch.float64), 0.2, 0.8).tolist()
+        [False, True, True, True, False]
+    """
+    return (rates >= eps_min - 1e-9) & (rates <= eps_max + 1e-9)
+
+
 def rollout_single_turn(
     meta: Policy,
     reasoner: Policy,
@@ -211,21 +362,14 @@ def rollout_single_turn(
 ) -> Rollout:
     """Single-turn ReMA: ``n_plans`` plans per question, ``n_answers`` reasoner answers per plan.
 
-    Rewards: each answer its reasoner reward; each plan the mean correctness of its answers plus the leak
-    penalty. Statistics: accuracy, reward, response length per role, leak and empty-plan rates.
+    Rewards: each answer its reasoner reward; each plan ``rewards.meta`` of its answers (mean correctness or
+    consistency) plus the leak penalty. Statistics: accuracy, reward, response length per role, leak and
+    empty-plan rates.
     """
-    meta_prompts = []
-    for task in tasks:
-        chat = [{"role": "system", "content": prompts.meta_system}, {"role": "user", "content": task.question}]
-        meta_prompts.extend([meta.encode_chat(chat)] * n_plans)
+    meta_prompts = _meta_prompts(meta, tasks, n_plans, prompts)
     plan_ids, plans, plan_logp, _ = _generate(meta, meta_prompts, sampling, generator)
     segments: list[Segment] = []
-    reasoner_prompts = []
-    for i, plan in enumerate(plans):
-        task = tasks[i // n_plans]
-        chat = [{"role": "system", "content": prompts.reasoner_system},
-                {"role": "user", "content": prompts.reasoner_user.format(question=task.question, plan=plan)}]
-        reasoner_prompts.extend([reasoner.encode_chat(chat)] * n_answers)
+    reasoner_prompts = _reasoner_prompts(reasoner, tasks, plans, n_plans, n_answers, prompts)
     answer_ids, answers, answer_logp, _ = _generate(reasoner, reasoner_prompts, sampling, generator)
     correct = []
     for j, text in enumerate(answers):
@@ -236,8 +380,8 @@ def rollout_single_turn(
                                 trajectory=j, turn=0, reward=reward, old_logprobs=answer_logp[j]))
     leaks = [plan_leaks(p) for p in plans]
     for i, plan in enumerate(plans):
-        mean_correct = sum(correct[i * n_answers : (i + 1) * n_answers]) / n_answers
-        reward = mean_correct + (rewards.leak_penalty if leaks[i] else 0.0)
+        own = slice(i * n_answers, (i + 1) * n_answers)
+        reward = rewards.meta(plan, answers[own], correct[own])
         segments.append(Segment("meta", meta_prompts[i], plan_ids[i], plan, group=i // n_plans, trajectory=i,
                                 turn=0, reward=reward, old_logprobs=plan_logp[i]))
     rollout = Rollout(segments, termination=[TERMINATION["finished"]] * len(plans))

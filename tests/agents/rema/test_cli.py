@@ -42,3 +42,27 @@ def test_plot_accuracy_bad_input(tmp_path: Path) -> None:
         plot_accuracy({"a": [{"samples": 0.0, "accuracy": 0.1}]}, tmp_path / "a.png", x="time")
     with pytest.raises(ValueError, match="no run"):
         plot_accuracy({"a": [{"samples": 0.0}]}, tmp_path / "a.png")
+
+
+def test_cli_prompt_filter_and_meta_reward_options(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["--updates", "2", "--warm-start-steps", "1", "--batch-questions", "2", "--n-plans", "1",
+            "--n-answers", "2", "--max-new-tokens", "8", "--d-model", "16", "--n-layers", "1", "--eval-size", "2",
+            "--switch-every", "1", "--filter-k", "2", "--filter-pool", "3", "--out", str(out),
+            "--tensorboard-log", "", "--quiet"]
+    with pytest.warns(RuntimeWarning, match="kept no question"):  # an untrained reasoner never answers right
+        assert main([*argv, "--prompt-filter", "on", "--meta-reward", "consistency"]) == 0
+    agent = ReMA.load(out / "rema.pt")
+    assert agent.prompt_filter == (0.2, 0.8) and agent.filter_k == 2 and agent.filter_pool == 3
+    assert agent.rewards.meta_reward == "consistency" and agent.filter_fallbacks == 2
+    with pytest.warns(RuntimeWarning, match="kept no question"):
+        assert main([*argv, "--prompt-filter", "0.1,0.9"]) == 0
+    assert ReMA.load(out / "rema.pt").prompt_filter == (0.1, 0.9)
+    assert main(argv) == 0
+    loaded = ReMA.load(out / "rema.pt")
+    assert loaded.prompt_filter is None and loaded.rewards.meta_reward == "correctness"
+    for bad in (["--prompt-filter", "0.2"], ["--prompt-filter", "a,b"], ["--meta-reward", "majority"]):
+        with pytest.raises(SystemExit):
+            main([*argv, *bad])
+    with pytest.raises(ValueError, match="prompt_filter"):
+        main([*argv, "--prompt-filter", "0.9,0.1"])

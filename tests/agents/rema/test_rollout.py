@@ -11,6 +11,7 @@ from agents.rema.rollout import (
     FINISH,
     TERMINATION,
     RewardConfig,
+    Rollout,
     Sampling,
     demonstrations,
     rollout_multi_turn,
@@ -75,7 +76,7 @@ def test_single_agent_baselines_use_their_prompts() -> None:
 
 
 def _multi_turn(finish_at: int, reasoner_text: str = "y", max_turns: int = 5, max_prompt_length: int = 400,
-                max_new_tokens: int = 40) -> tuple[ScriptedPolicy, ScriptedPolicy, object]:
+                max_new_tokens: int = 40) -> tuple[ScriptedPolicy, ScriptedPolicy, Rollout]:
     def meta_script(prompt: str) -> str:
         turn = prompt.count("<assistant>") - 1  # earlier meta turns in its own history
         return f"m{turn}{FINISH}" if turn + 1 == finish_at else f"m{turn}"
