@@ -30,7 +30,23 @@ class REINFORCE(OnPolicyAgent):
     Polyak policy-gradient paper, Li et al., arXiv 2404.07525): :math:`W_t = \sum_{k \ge t} \gamma^k r_k`,
     which drops the rewards earned before :math:`a_t` (they do not depend on it) and has lower variance.
     ``b`` is the batch mean of :math:`W` when ``baseline=True``. One optimizer step per rollout, on the loss
-    :math:`-\frac{1}{M}\sum \log\pi\,(W_t - b) - c_{ent} \bar H`.
+
+    .. math::
+        L(\theta') = -\hat J - \frac{1}{M} \sum \Big(\frac{\pi_{\theta'}(a_t|s_t)}{\pi_\theta(a_t|s_t)} - 1\Big)
+        (W_t - b) - c_{ent} \bar H,
+
+    the first-order (importance-ratio) estimate of :math:`-J(\theta')` around the rollout's policy
+    :math:`\theta` (the surrogate of TRPO, Schulman et al., 2015), with :math:`\hat J` the mean discounted
+    return of the rollout's episodes. At :math:`\theta' = \theta` its gradient is exactly :math:`-\hat g`
+    (the classic :math:`-\frac{1}{M}\sum \log\pi\,(W_t - b)` surrogate's), so Adam and SGD take the same
+    steps; its *value* is what the step-size rules need: :math:`-\hat J` at the iterate, and at a trial
+    point of a line search (``"sls"``, ``"ponos"``) an estimate of the return there, bounded below for
+    discrete actions (:math:`\pi'/\pi \le 1/\pi`). The log-likelihood surrogate is unbounded below (a
+    negative-advantage action's :math:`\log\pi' \to -\infty`), so an Armijo search on it accepts steps
+    that make the policy deterministic, and its value at the iterate is about 0, which gives SPS no gap.
+    With ``"sps"`` the lower bound is :math:`f^* = -J^*_k`, the return target of :class:`rlopt.PolyakPG`
+    (running best :math:`\hat J` plus 10 %), unless ``optimizer_kwargs`` sets ``f_star`` (e.g. 0 when every
+    reward is non-positive).
 
     Only transitions whose episode ends inside the rollout are used (their future rewards are known);
     a truncated episode counts its rewards up to the time limit. Choose ``n_steps`` at least as long as
