@@ -35,9 +35,14 @@ from stable_baselines3.common.evaluation import evaluate_policy
 SETTINGS: dict[str, dict[str, float]] = {
     "CartPole-v1": {"target": 475.0, "budget": 150_000, "eval_every": 8192},
     "Acrobot-v1": {"target": -100.0, "budget": 100_000, "eval_every": 8192},
-    "Pendulum-v1": {"target": -200.0, "budget": 300_000, "eval_every": 20_000},
+    # REINFORCE/GPOMDP is far from -200 within any budget this study affords (see RESULTS-pgstudy.md):
+    # the target is a clear improvement over the initial policies' -1100 to -1500
+    "Pendulum-v1": {"target": -900.0, "budget": 160_000, "eval_every": 16_000},
     "MountainCarContinuous-v0": {"target": 90.0, "budget": 300_000, "eval_every": 20_000},
 }
+#: per env: constructor arguments over agents/hyperparams.yaml (Pendulum's episodes are always 200 steps:
+#: rollouts of 200 use every transition, 256 would drop the part of each episode begun in the last rollout)
+ENV_KWARGS: dict[str, dict[str, Any]] = {"Pendulum-v1": {"n_steps": 200}}
 ADAM_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 RULES = ("polyak", "sls", "sps")
 
@@ -99,6 +104,9 @@ def methods_for(names: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
     for name in names:
         if name == "adam":
             out.update({f"adam lr={lr:g}": ("adam", {"learning_rate": lr}) for lr in ADAM_GRID})
+        elif name.startswith("adam:"):  # one learning rate, e.g. adam:0.003
+            lr = float(name.split(":", 1)[1])
+            out[f"adam lr={lr:g}"] = ("adam", {"learning_rate": lr})
         else:
             out[name] = (name, {})
     return out
@@ -161,7 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", default="CartPole-v1")
     parser.add_argument("--methods", default="adam,polyak,sls,sps",
-                        help="comma-separated: adam (the grid of 5), polyak, sls, sps, ponos, ...")
+                        help="comma-separated: adam (the grid of 5), adam:LR (one value), polyak, sls, sps, ponos, ...")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--budget", type=int, default=None, help="override the per-env budget")
@@ -195,7 +203,7 @@ def main() -> None:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 if seed in done:  # resumable: a rerun skips what is recorded
                     continue
-                kwargs = {"n_envs": args.n_envs, "estimator": "gpomdp", **extra}
+                kwargs = {"n_envs": args.n_envs, "estimator": "gpomdp", **ENV_KWARGS.get(env_id, {}), **extra}
                 runs.append(run(env_id, optimizer, kwargs, seed, settings))
                 if args.results is not None:
                     args.results.write_text(json.dumps(results))
