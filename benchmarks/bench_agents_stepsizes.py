@@ -91,6 +91,31 @@ def run(env_id: str, optimizer: str, kwargs: dict[str, Any], seed: int, settings
     return {"seed": seed, "points": cb.points, "reached": cb.reached, "train_s": wall - cb.eval_time}
 
 
+def trace(env_id: str, optimizer: str, seed: int, steps: int, n_envs: int) -> None:
+    """Print the return estimate and the step taken at each update of one short run (no evaluation)."""
+    import agents
+    from agents.hyperparams import hyperparams
+
+    params = hyperparams("REINFORCE", env_id)
+    params.pop("total_timesteps", None)
+    params.pop("learning_rate", None)
+    params.update({"n_envs": n_envs, "estimator": "gpomdp", **ENV_KWARGS.get(env_id, {})})
+    model = agents.REINFORCE("MlpPolicy", env_id, optimizer=optimizer, seed=seed, device="cpu", **params)
+    train = model.train
+    rows: list[str] = []
+
+    def traced() -> None:
+        train()
+        stats = getattr(model.optimizer, "stats", {})
+        rows.append(f"{model._return_estimate:.1f} ({stats.get('step_size', float('nan')):.2g}, "
+                    f"{int(stats.get('backtracks', 0))})")
+
+    model.train = traced  # type: ignore[method-assign]
+    model.learn(steps)
+    print(f"{env_id} {optimizer} seed {seed}: J_hat before each update (step size, backtracks):")
+    print("  " + "; ".join(rows), flush=True)
+
+
 def summarize(runs: list[dict[str, Any]]) -> tuple[float, float, int]:
     """``(median steps, median train seconds, solved)``; an unsolved run counts as infinitely slow."""
     steps = [r["reached"][0] if r["reached"] else float("inf") for r in runs]
@@ -165,31 +190,8 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]], out: Path) -> No
         plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", default="CartPole-v1")
-    parser.add_argument("--methods", default="adam,polyak,sls,sps",
-                        help="comma-separated: adam (the grid of 5), adam:LR (one value), polyak, sls, sps, ponos, ...")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--budget", type=int, default=None, help="override the per-env budget")
-    parser.add_argument("--n-envs", type=int, default=16)
-    parser.add_argument("--results", type=Path, default=None, help="JSON file the curves are written to")
-    parser.add_argument("--report", type=Path, nargs="*", default=None,
-                        help="merge these result files, print the tables, draw the plots; no training")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-
-    if args.report is not None:
-        merged: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        for path in args.report:
-            for env_id, by_method in json.loads(path.read_text()).items():
-                for name, runs in by_method.items():
-                    merged.setdefault(env_id, {}).setdefault(name, []).extend(runs)
-        report(merged, args.out)
-        return
-
+def study(args: argparse.Namespace) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Run the requested methods and seeds, skipping those already in ``--results``; returns all curves."""
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     if args.results is not None and args.results.exists():
         results = json.loads(args.results.read_text())
@@ -211,6 +213,42 @@ def main() -> None:
                 print(env_id, label, "seed", seed, "reached", r["reached"], f"train {r['train_s']:.1f}s",
                       "last", r["points"][-1] if r["points"] else None, flush=True)
             print(env_id, label, summarize(runs), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", default="CartPole-v1")
+    parser.add_argument("--methods", default="adam,polyak,sls,sps",
+                        help="comma-separated: adam (the grid of 5), adam:LR (one value), polyak, sls, sps, ponos, ...")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--budget", type=int, default=None, help="override the per-env budget")
+    parser.add_argument("--n-envs", type=int, default=16)
+    parser.add_argument("--results", type=Path, default=None, help="JSON file the curves are written to")
+    parser.add_argument("--report", type=Path, nargs="*", default=None,
+                        help="merge these result files, print the tables, draw the plots; no training")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks"))
+    parser.add_argument("--trace", type=int, default=0,
+                        help="instead of the study: print J_hat and the step of every update of one run this long")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    if args.trace:
+        for env_id in args.envs.split(","):
+            for name in args.methods.split(","):
+                trace(env_id, name, args.first_seed, args.trace, args.n_envs)
+        return
+    if args.report is not None:
+        merged: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for path in args.report:
+            for env_id, by_method in json.loads(path.read_text()).items():
+                for name, runs in by_method.items():
+                    merged.setdefault(env_id, {}).setdefault(name, []).extend(runs)
+        report(merged, args.out)
+        return
+
+    results = study(args)
     if args.results is None:
         report(results, args.out)
 
