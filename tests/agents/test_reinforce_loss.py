@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from stable_baselines3.common.evaluation import evaluate_policy
 
 import agents
 import rlopt
@@ -118,3 +119,17 @@ def test_other_optimizers_are_left_alone() -> None:
     model = _model(optimizer="sls")
     model.learn(512)
     assert "f_star" not in model.optimizer.param_groups[0]
+
+
+@pytest.mark.slow
+def test_gpomdp_with_sps_at_defaults_improves_clearly() -> None:
+    # before f* = -J*_k, SPS at its default f* = 0 took steps of 0 on CartPole (the loss value was ~0)
+    def evaluate(model: agents.REINFORCE) -> float:
+        env = agents.make_eval_env("CartPole-v1", n_envs=10, seed=123)
+        return float(evaluate_policy(model, env, n_eval_episodes=10, deterministic=True)[0])
+
+    model = agents.REINFORCE("MlpPolicy", "CartPole-v1", n_envs=16, n_steps=512, seed=0, device="cpu",
+                             optimizer="sps")
+    start = evaluate(model)
+    model.learn(8 * 8192)
+    assert evaluate(model) >= max(100.0, 5 * start)
