@@ -148,6 +148,12 @@ def methods_for(names: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
     return out
 
 
+def rank(runs: list[dict[str, Any]]) -> tuple[float, float, float]:
+    """Order of grid values: largest fraction of seeds solved, then fewest median steps, then seconds."""
+    steps, secs, solved = summarize(runs)
+    return -solved / len(runs), steps, secs
+
+
 def fmt(x: float, spec: str) -> str:
     return "-" if x == float("inf") else format(x, spec)
 
@@ -162,8 +168,8 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]], out: Path) -> No
         settings = SETTINGS[env_id]
         by_method = {k: truncate(v, settings["budget"]) for k, v in by_method.items()}
         adam = [k for k in by_method if k.startswith("adam")]
-        # best learning rate: most seeds solved, then fewest median steps, then fewest median seconds
-        best = min(adam, key=lambda k: (-summarize(by_method[k])[2], *summarize(by_method[k])[:2])) if adam else None
+        # best learning rate: see rank (grid values may have been run on different numbers of seeds)
+        best = min(adam, key=lambda k, runs=by_method: rank(runs[k])) if adam else None
         seeds = max(len(v) for v in by_method.values())
         print(f"\n{env_id}: target {settings['target']:g}, budget {settings['budget']:.0f} steps, "
               f"evaluation every {settings['eval_every']:.0f} steps, up to {seeds} seeds")
