@@ -176,8 +176,8 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]], out: Path) -> No
         print(f"\n{env_id}: target {settings['target']:g}, budget {settings['budget']:.0f} steps, "
               f"evaluation every {settings['eval_every']:.0f} steps, up to {seeds} seeds")
         print("| step size | solved | median env steps to target | median train s to target | "
-              "steps to target per seed |")
-        print("|---|---|---|---|---|")
+              "steps to target per seed | median best evaluation |")
+        print("|---|---|---|---|---|---|")
         rules = [k for k in by_method if not k.startswith("adam")]
         order = [*rules, *([best] if best else []), *(k for k in adam if k != best)]
         for name in order:
@@ -186,7 +186,9 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]], out: Path) -> No
             tag = " (best of grid)" if name == best else ""
             per_seed = ", ".join(str(r["reached"][0]) if r["reached"] else "-"
                                  for r in sorted(runs, key=lambda r: r["seed"]))
-            print(f"| {name}{tag} | {solved}/{len(runs)} | {fmt(steps, '.0f')} | {fmt(secs, '.1f')} | {per_seed} |")
+            best_eval = -rank(runs)[3]
+            print(f"| {name}{tag} | {solved}/{len(runs)} | {fmt(steps, '.0f')} | {fmt(secs, '.1f')} | {per_seed} | "
+                  f"{best_eval:.0f} |")
         fig, ax = plt.subplots(figsize=(7, 4))
         every, budget = int(settings["eval_every"]), int(settings["budget"])
         grid = np.arange(every, budget + 1, every)
