@@ -11,10 +11,16 @@ Runs are independent, so the study can be split across processes: each call runs
 given on the ``--envs`` and writes every curve to ``--results`` (JSON); ``--report A.json B.json ...``
 merges result files, prints the tables and draws the plots without training.
 
+``--trace N`` prints, for one seed, the return estimate and the step of every update of an N-step run (how
+the step-size rules behave on the REINFORCE loss). Results and the commands of the recorded study:
+benchmarks/RESULTS-pgstudy.md; its curves: benchmarks/agents_stepsizes.json.
+
 Usage:
     python benchmarks/bench_agents_stepsizes.py --envs CartPole-v1 --seeds 5
     python benchmarks/bench_agents_stepsizes.py --envs Acrobot-v1 --methods adam --results adam.json
+    python benchmarks/bench_agents_stepsizes.py --envs Acrobot-v1 --methods polyak,sps,sls --results rules.json
     python benchmarks/bench_agents_stepsizes.py --report adam.json rules.json
+    python benchmarks/bench_agents_stepsizes.py --envs CartPole-v1 --methods sls,sps,polyak --trace 32768
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ SETTINGS: dict[str, dict[str, float]] = {
     "CartPole-v1": {"target": 475.0, "budget": 12 * 8192, "eval_every": 8192},
     "Acrobot-v1": {"target": -100.0, "budget": 10 * 8192, "eval_every": 8192},
     # REINFORCE/GPOMDP is far from -200 within any budget this study affords (see RESULTS-pgstudy.md):
-    # the target is a clear improvement over the initial policies' -1100 to -1500
+    # the target is a clear improvement over the initial policies' -1100 to -1600 (none reached it)
     "Pendulum-v1": {"target": -900.0, "budget": 160_000, "eval_every": 16_000},
     "MountainCarContinuous-v0": {"target": 90.0, "budget": 300_000, "eval_every": 20_000},
 }
