@@ -7,10 +7,14 @@ from typing import Any, ClassVar
 
 import torch
 
+import rlopt
 from agents.common.base import OnPolicyAgent
 from agents.common.buffer import compute_gae
+from rlopt.rules.policy_polyak import return_target
 
 ESTIMATORS = ("reinforce", "gpomdp")
+#: relative margin of the online return target used as SPS's lower bound (PolyakPG's default)
+SPS_MARGIN = 0.1
 
 
 class REINFORCE(OnPolicyAgent):
@@ -26,7 +30,23 @@ class REINFORCE(OnPolicyAgent):
     Polyak policy-gradient paper, Li et al., arXiv 2404.07525): :math:`W_t = \sum_{k \ge t} \gamma^k r_k`,
     which drops the rewards earned before :math:`a_t` (they do not depend on it) and has lower variance.
     ``b`` is the batch mean of :math:`W` when ``baseline=True``. One optimizer step per rollout, on the loss
-    :math:`-\frac{1}{M}\sum \log\pi\,(W_t - b) - c_{ent} \bar H`.
+
+    .. math::
+        L(\theta') = -\hat J - \frac{1}{M} \sum \Big(\frac{\pi_{\theta'}(a_t|s_t)}{\pi_\theta(a_t|s_t)} - 1\Big)
+        (W_t - b) - c_{ent} \bar H,
+
+    the first-order (importance-ratio) estimate of :math:`-J(\theta')` around the rollout's policy
+    :math:`\theta` (the surrogate of TRPO, Schulman et al., 2015), with :math:`\hat J` the mean discounted
+    return of the rollout's episodes. At :math:`\theta' = \theta` its gradient is exactly :math:`-\hat g`
+    (the classic :math:`-\frac{1}{M}\sum \log\pi\,(W_t - b)` surrogate's), so Adam and SGD take the same
+    steps; its *value* is what the step-size rules need: :math:`-\hat J` at the iterate, and at a trial
+    point of a line search (``"sls"``, ``"ponos"``) an estimate of the return there, bounded below for
+    discrete actions (:math:`\pi'/\pi \le 1/\pi`). The log-likelihood surrogate is unbounded below (a
+    negative-advantage action's :math:`\log\pi' \to -\infty`), so an Armijo search on it accepts steps
+    that make the policy deterministic, and its value at the iterate is about 0, which gives SPS no gap.
+    With ``"sps"`` the lower bound is :math:`f^* = -J^*_k`, the return target of :class:`rlopt.PolyakPG`
+    (running best :math:`\hat J` plus 10 %), unless ``optimizer_kwargs`` sets ``f_star`` (e.g. 0 when every
+    reward is non-positive).
 
     Only transitions whose episode ends inside the rollout are used (their future rewards are known);
     a truncated episode counts its rewards up to the time limit. Choose ``n_steps`` at least as long as
@@ -73,6 +93,7 @@ class REINFORCE(OnPolicyAgent):
         self.estimator = estimator
         self.baseline = bool(baseline)
         self._past_return: torch.Tensor | None = None
+        self._best_return = float("-inf")
         super().__init__(
             policy, env, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, learning_rate=learning_rate,
             n_envs=n_envs, n_steps=n_steps, gamma=gamma, gae_lambda=1.0, ent_coef=ent_coef, vf_coef=0.0,
@@ -106,6 +127,21 @@ class REINFORCE(OnPolicyAgent):
         weights = future if self.estimator == "gpomdp" else episode_return
         return weights, usable, episode_return[ended]
 
+    def _set_sps_lower_bound(self, j_hat: float) -> None:
+        """Under ``"sps"`` without a user ``f_star``: ``f* = -J*_k``, the return target of :class:`rlopt.PolyakPG`.
+
+        The loss value is ``-J_hat``, so SPS's ``f*`` is minus the best achievable return. Its library default
+        0 is right only when rewards are non-positive (and then loose); instead the running best return
+        plus a margin (``rlopt.rules.policy_polyak.return_target``, margin 0.1) is used, which keeps the
+        numerator ``J*_k - J_hat_k`` positive on every env.
+        """
+        opt = self.optimizer
+        if not isinstance(opt, rlopt.SPS) or "f_star" in self.optimizer_kwargs:
+            return
+        self._best_return = max(self._best_return, j_hat)
+        for group in opt.param_groups:
+            group["f_star"] = -return_target({"margin": SPS_MARGIN}, self._best_return)
+
     def train(self) -> None:
         """One step on the Monte-Carlo policy-gradient loss of the complete episodes in the rollout."""
         buf, policy = self.rollout_buffer, self.policy
@@ -127,12 +163,18 @@ class REINFORCE(OnPolicyAgent):
             w = w - w.mean()
         if self.normalize_advantage and len(w) > 1:
             w = w / (w.std() + 1e-8)
-        self._return_estimate = float(returns.mean())
+        self._return_estimate = j_hat = float(returns.mean())
+        self._set_sps_lower_bound(j_hat)
         first: dict[str, torch.Tensor] = {}
 
         def policy_loss() -> torch.Tensor:
             log_prob, entropy = policy.log_prob_and_entropy(obs, actions)
-            pg_loss = -(log_prob * w).sum() / n_episodes
+            if "log_prob" not in first:  # the first evaluation is at the current iterate theta
+                first["log_prob"] = log_prob.detach()
+            # -J_hat(theta') to first order (importance ratio, as in TRPO's surrogate): -J_hat at theta,
+            # gradient exactly the GPOMDP/REINFORCE estimate there (d ratio = d log pi at ratio 1)
+            ratio = torch.exp(log_prob - first["log_prob"])
+            pg_loss = -j_hat - ((ratio - 1.0) * w).sum() / n_episodes
             ent = entropy.mean()
             if torch.is_grad_enabled() and "pg" not in first:
                 first["pg"], first["entropy"] = pg_loss.detach(), ent.detach()
