@@ -73,11 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int, default=10, help="updates between greedy evaluations")
     parser.add_argument("--eval-size", type=int, default=128, help="evaluation questions per split")
     parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch intra-op CPU threads (default: torch's); 1 is fastest on a busy small machine")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/rema", help="directory for checkpoints, history and the PNG")
     parser.add_argument("--tensorboard-log", default="runs/rema/tb", help="TensorBoard directory ('' to disable)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return value
 
 
 def _filter_range(text: str) -> tuple[float, float] | None:
@@ -103,6 +115,10 @@ def _optimizer(args: argparse.Namespace) -> tuple[Any, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``rlopt rema`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from envs.reasoning import load_jsonl, make_split
 
     tasks: Any = "arithmetic"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from agents.rema import ReMA
 from agents.rema.cli import build_parser, main
@@ -14,10 +15,16 @@ from agents.rema.plotting import plot_accuracy
 
 def test_cli_trains_rema_and_baselines_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    status = main(["--baselines", "--updates", "2", "--warm-start-steps", "2", "--batch-questions", "2",
-                   "--n-plans", "2", "--n-answers", "1", "--max-new-tokens", "16", "--d-model", "16",
-                   "--n-layers", "1", "--eval-every", "1", "--eval-size", "4", "--out", str(out),
-                   "--tensorboard-log", str(tmp_path / "tb"), "--optimizer", "sls", "--reasoner-optimizer", "adam"])
+    threads = torch.get_num_threads()
+    try:
+        status = main(["--baselines", "--updates", "2", "--warm-start-steps", "2", "--batch-questions", "2",
+                       "--n-plans", "2", "--n-answers", "1", "--max-new-tokens", "16", "--d-model", "16",
+                       "--n-layers", "1", "--eval-every", "1", "--eval-size", "4", "--out", str(out),
+                       "--tensorboard-log", str(tmp_path / "tb"), "--optimizer", "sls", "--reasoner-optimizer", "adam",
+                       "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert status == 0
     history = json.loads((out / "history.json").read_text())
     assert set(history) == {"rema", "vrp", "mrp"}
@@ -29,10 +36,14 @@ def test_cli_trains_rema_and_baselines_and_plots(tmp_path: Path, capsys: pytest.
     assert "wrote" in capsys.readouterr().out
 
 
-def test_cli_help_and_bad_input(tmp_path: Path) -> None:
+def test_cli_help_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "--baselines" in build_parser().format_help()
     with pytest.raises(SystemExit):
         main(["--algorithm", "ppo"])
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            main(["--threads", bad])
+        assert "--threads" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         main(["--tasks", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)])
 
