@@ -16,6 +16,7 @@ allocations and frees in time order). Both libraries' answers are compared to ou
     python benchmarks/bench_bilevel.py                 # full: 5 seeds, 5x5 grid, 150 outer steps
     python benchmarks/bench_bilevel.py --quick         # 2 seeds, 3x3 grid, 40 outer steps
     python benchmarks/bench_bilevel.py --part hypergrad
+    python benchmarks/bench_bilevel.py --part pairings --seeds 5 --steps 160 --corruption 0.7
 """
 
 from __future__ import annotations
@@ -176,6 +177,48 @@ def plot_grid(results: dict[str, Any], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def run_pairings(args: argparse.Namespace) -> str:
+    """BiSLS/BiSPS on each level in all four pairings: final accuracy and the steps taken late in the run.
+
+    The step sizes are the means over the last 20 outer steps of ``upper_step_size`` and ``lower_step_size``
+    (the last lower step of each outer step), next to the envelopes' values there.
+    """
+    import warnings
+
+    from bilevel import BilevelSolver
+    from bilevel.problems import DataHyperCleaning
+
+    lines = [
+        "| upper | lower | test accuracy, median | upper step (last 20) | lower step (last 20) |",
+        "|---|---|---|---|---|",
+    ]
+    for upper in ("bisps", "bisls"):
+        for lower in ("bisps", "bisls"):
+            acc, up_steps, low_steps = [], [], []
+            for seed in range(args.seeds):
+                problem = DataHyperCleaning(
+                    corruption=args.corruption,
+                    lower_batch_size=args.batch_size,
+                    upper_batch_size=args.batch_size,
+                    seed=seed,
+                )
+                solver = BilevelSolver(
+                    problem, args.algorithm, upper, lower, inner_steps=args.inner_steps,
+                    linear_steps=args.linear_steps, seed=seed,
+                )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    records = solver.run(args.steps, eval_every=args.steps).records
+                acc.append(_finite(records[-1]["test_accuracy"]))
+                up_steps += [r["upper_step_size"] for r in records[-20:]]
+                low_steps += [r["lower_step_size"] for r in records[-20:]]
+            lines.append(
+                f"| {upper} | {lower} | {statistics.median(acc):.4f} | {statistics.mean(up_steps):.2f} | "
+                f"{statistics.mean(low_steps):.3f} |"
+            )
+    return "\n".join(lines)
+
+
 def _label(key: str) -> str:
     """``"bisls"`` -> ``"bisls (defaults)"``; ``"bisls, 160 steps"`` -> ``"bisls (defaults, 160 steps)"``."""
     rule, _, budget = key.partition(", ")
@@ -320,7 +363,7 @@ def run_hypergrad(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["grid", "hypergrad", "all"], default="all")
+    parser.add_argument("--part", choices=["grid", "hypergrad", "pairings", "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 3x3 grid, 40 steps; fewer sizes for hypergrad")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 5, quick 2)")
     parser.add_argument("--steps", type=int, default=None, help="outer steps (default 150, quick 40)")
@@ -351,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot:
             plot_grid(out["grid"], args.plot, f"Hyper-cleaning, digits, p = {args.corruption}, {args.seeds} seeds")
             print(f"wrote {args.plot}")
+    if args.part == "pairings":
+        print(run_pairings(args), flush=True)
     if args.part in ("hypergrad", "all"):
         table = run_hypergrad(args)
         out["hypergrad"] = table
