@@ -523,6 +523,9 @@ class OnPolicyAgent(BaseAlgorithm):
             self.policy.set_training_mode(True)
             self._apply_lr_schedule()
             self.train()
+            if getattr(self.policy, "normalize_obs", False):
+                buf = self.rollout_buffer
+                self.policy.update_obs_stats(buf.observations[buf.valid])
             self._n_updates += 1
             if iteration % log_interval == 0:
                 self._dump_logs_at(iteration)

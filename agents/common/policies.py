@@ -68,6 +68,10 @@ class ActorCriticPolicy(BasePolicy):
         activation_fn: activation class between hidden layers.
         ortho_init: orthogonal initialization (policy head gain 0.01, value head gain 1).
         log_std_init: initial log standard deviation of the Gaussian.
+        normalize_obs: feed the networks ``clip((obs - mean) / sqrt(var + 1e-8), -clip_obs, clip_obs)`` with the
+            running mean and variance of the observations seen in training (see :meth:`update_obs_stats`), as
+            the RL Zoo's ``normalize: true`` does for some envs (MountainCar).
+        clip_obs: bound of the normalised observations.
 
     Example:
         >>> import gymnasium as gym
@@ -77,6 +81,10 @@ class ActorCriticPolicy(BasePolicy):
         (torch.Size([3]), torch.Size([3]), torch.Size([3]))
     """
 
+    obs_mean: torch.Tensor
+    obs_var: torch.Tensor
+    obs_count: torch.Tensor
+
     def __init__(
         self,
         observation_space: spaces.Space,
@@ -85,14 +93,25 @@ class ActorCriticPolicy(BasePolicy):
         activation_fn: type[nn.Module] = nn.Tanh,
         ortho_init: bool = True,
         log_std_init: float = 0.0,
+        normalize_obs: bool = False,
+        clip_obs: float = 10.0,
     ) -> None:
         check_spaces(observation_space, action_space, "ActorCriticPolicy")
+        if not float(clip_obs) > 0:
+            raise ValueError(f"Invalid clip_obs: {clip_obs!r}, expected a positive number")
         super().__init__(observation_space, action_space)
         self.net_arch = [int(h) for h in net_arch]
         self.activation_fn = activation_fn
         self.ortho_init = ortho_init
         self.log_std_init = log_std_init
+        self.normalize_obs = bool(normalize_obs)
+        self.clip_obs = float(clip_obs)
         obs_dim = int(np.prod(observation_space.shape or ()))
+        # Running mean and variance of the observations (used when normalize_obs): buffers, so they are saved
+        # with the policy and moved with it; float64 so that long runs do not lose precision.
+        self.register_buffer("obs_mean", torch.zeros(obs_dim, dtype=torch.float64))
+        self.register_buffer("obs_var", torch.ones(obs_dim, dtype=torch.float64))
+        self.register_buffer("obs_count", torch.tensor(1e-4, dtype=torch.float64))
         self.discrete = isinstance(action_space, spaces.Discrete)
         if isinstance(action_space, spaces.Discrete):
             out_dim = int(action_space.n)
@@ -113,6 +132,8 @@ class ActorCriticPolicy(BasePolicy):
             "activation_fn": self.activation_fn,
             "ortho_init": self.ortho_init,
             "log_std_init": self.log_std_init,
+            "normalize_obs": self.normalize_obs,
+            "clip_obs": self.clip_obs,
         }
 
     def actor_parameters(self) -> list[nn.Parameter]:
@@ -131,7 +152,32 @@ class ActorCriticPolicy(BasePolicy):
         return self.actor_parameters() + self.critic_parameters()
 
     def _flat(self, obs: torch.Tensor) -> torch.Tensor:
-        return obs.reshape(obs.shape[0], -1).float()
+        x = obs.reshape(obs.shape[0], -1).float()
+        if self.normalize_obs:
+            std = (self.obs_var + 1e-8).sqrt()
+            x = ((x - self.obs_mean.float()) / std.float()).clamp(-self.clip_obs, self.clip_obs)
+        return x
+
+    @torch.no_grad()
+    def update_obs_stats(self, obs: torch.Tensor) -> None:
+        """Merge a batch of observations into the running mean and variance (Chan et al.'s parallel update).
+
+        The agents call it after each update with the rollout's valid observations, so a rollout and the
+        update that learns from it see the same normalisation (as stable-baselines3's ``VecNormalize`` with
+        ``norm_obs=True`` and ``clip_obs=10``, but inside the policy, so ``predict`` and saved models carry it).
+        """
+        x = obs.reshape(obs.shape[0], -1).to(self.obs_mean.dtype)
+        n = x.shape[0]
+        if n == 0:
+            return
+        batch_mean = x.mean(0)
+        batch_var = x.var(0, unbiased=False)
+        total = self.obs_count + n
+        delta = batch_mean - self.obs_mean
+        self.obs_mean += delta * (n / total)
+        self.obs_var.copy_((self.obs_var * self.obs_count + batch_var * n + delta.square() * self.obs_count * n / total)
+                           / total)
+        self.obs_count.copy_(total)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """``V(obs)``, shape ``(B,)``."""
