@@ -50,15 +50,17 @@ def quantiles(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(v), q[1], q[7]
 
 
-def one_run(
-    rule: str,
-    upper_lr: float | None,
-    lower_lr: float | None,
+def solve(
+    upper: str,
+    lower: str,
     seed: int,
     args: argparse.Namespace,
-    steps: int | None = None,
-) -> dict[str, Any]:
-    """One solver run; returns the final test accuracy and solver time, and the curve of both over the run."""
+    steps: int,
+    eval_every: int,
+    upper_lr: float | None = None,
+    lower_lr: float | None = None,
+) -> list[dict[str, float]]:
+    """The records of one hyper-cleaning run of ``args.algorithm`` with rule ``upper``/``lower`` on each level."""
     import warnings
 
     from bilevel import BilevelSolver
@@ -70,21 +72,32 @@ def one_run(
     solver = BilevelSolver(
         problem,
         args.algorithm,
-        rule,
-        rule,
+        upper,
+        lower,
         upper_lr=upper_lr,
         lower_lr=lower_lr,
         inner_steps=args.inner_steps,
         linear_steps=args.linear_steps,
         seed=seed,
     )
-    steps = steps or args.steps
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # counted skips/failures of diverging grid points
-        history = solver.run(steps, eval_every=max(1, args.steps // 8))
+        return solver.run(steps, eval_every=eval_every).records
+
+
+def one_run(
+    rule: str,
+    upper_lr: float | None,
+    lower_lr: float | None,
+    seed: int,
+    args: argparse.Namespace,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """One solver run; returns the final test accuracy and solver time, and the curve of both over the run."""
+    records = solve(rule, rule, seed, args, steps or args.steps, max(1, args.steps // 8), upper_lr, lower_lr)
     curve = [
         {"step": int(r["step"]) + 1, "wall_time": r["wall_time"], "test_accuracy": _finite(r["test_accuracy"])}
-        for r in history.records
+        for r in records
         if "test_accuracy" in r
     ]
     return {"test_accuracy": curve[-1]["test_accuracy"], "wall_time": curve[-1]["wall_time"], "curve": curve}
@@ -183,11 +196,6 @@ def run_pairings(args: argparse.Namespace) -> str:
     The step sizes are the means over the last 20 outer steps of ``upper_step_size`` and ``lower_step_size``
     (the last lower step of each outer step), next to the envelopes' values there.
     """
-    import warnings
-
-    from bilevel import BilevelSolver
-    from bilevel.problems import DataHyperCleaning
-
     lines = [
         "| upper | lower | test accuracy, median | upper step (last 20) | lower step (last 20) |",
         "|---|---|---|---|---|",
@@ -196,19 +204,7 @@ def run_pairings(args: argparse.Namespace) -> str:
         for lower in ("bisps", "bisls"):
             acc, up_steps, low_steps = [], [], []
             for seed in range(args.seeds):
-                problem = DataHyperCleaning(
-                    corruption=args.corruption,
-                    lower_batch_size=args.batch_size,
-                    upper_batch_size=args.batch_size,
-                    seed=seed,
-                )
-                solver = BilevelSolver(
-                    problem, args.algorithm, upper, lower, inner_steps=args.inner_steps,
-                    linear_steps=args.linear_steps, seed=seed,
-                )
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    records = solver.run(args.steps, eval_every=args.steps).records
+                records = solve(upper, lower, seed, args, args.steps, args.steps)
                 acc.append(_finite(records[-1]["test_accuracy"]))
                 up_steps += [r["upper_step_size"] for r in records[-20:]]
                 low_steps += [r["lower_step_size"] for r in records[-20:]]

@@ -172,11 +172,11 @@ class ActorCriticPolicy(BasePolicy):
             return
         batch_mean = x.mean(0)
         batch_var = x.var(0, unbiased=False)
-        total = self.obs_count + n
+        count = self.obs_count.clone()
+        total = count + n
         delta = batch_mean - self.obs_mean
         self.obs_mean += delta * (n / total)
-        self.obs_var.copy_((self.obs_var * self.obs_count + batch_var * n + delta.square() * self.obs_count * n / total)
-                           / total)
+        self.obs_var.mul_(count).add_(batch_var * n + delta.square() * (count * n / total)).div_(total)
         self.obs_count.copy_(total)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
