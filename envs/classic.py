@@ -88,8 +88,11 @@ class CartPoleEnv(TorchVecEnv):
         return next_state, reward, terminated
 
     def _observe(self, state: torch.Tensor) -> torch.Tensor:
-        # Stacking the rows lets the compiled kernel write observations in its main loop.
-        return torch.stack([row.to(torch.float32) for row in state.unbind(0)], dim=1)
+        if self._tracing:
+            # Stacking the rows lets the compiled kernel write observations in its main loop.
+            return torch.stack([row.to(torch.float32) for row in state.unbind(0)], dim=1)
+        # Eager, one conversion and one transposing copy instead of six ops (same values).
+        return state.to(torch.float32).t().contiguous()
 
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
         return -0.05 + (0.05 - -0.05) * uniform
@@ -253,8 +256,11 @@ class MountainCarEnv(TorchVecEnv):
         return torch.stack((position, velocity)), reward, terminated
 
     def _observe(self, state: torch.Tensor) -> torch.Tensor:
-        # Stacking the rows lets the compiled kernel write observations in its main loop.
-        return torch.stack([row.to(torch.float32) for row in state.unbind(0)], dim=1)
+        if self._tracing:
+            # Stacking the rows lets the compiled kernel write observations in its main loop.
+            return torch.stack([row.to(torch.float32) for row in state.unbind(0)], dim=1)
+        # Eager, one conversion and one transposing copy instead of six ops (same values).
+        return state.to(torch.float32).t().contiguous()
 
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
         position = -0.6 + (-0.4 - -0.6) * uniform[0]

@@ -61,12 +61,12 @@ class Agent(nn.Module):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs).squeeze(-1)
 
-    def sample(self, obs: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def act(self, obs: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         logits = torch.log_softmax(self.actor(obs), dim=-1)
         # Gumbel-max trick: argmax(logits + Gumbel noise) is a sample of the categorical distribution
         u = torch.rand(logits.shape, generator=gen, device=obs.device, dtype=logits.dtype)
         action = torch.argmax(logits - torch.log(-torch.log(u.clamp_min(1e-20))), dim=-1)
-        return action, logits.gather(-1, action.unsqueeze(-1)).squeeze(-1), self.value(obs)
+        return action, logits.gather(-1, action.unsqueeze(-1)).squeeze(-1)
 
     def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = torch.log_softmax(self.actor(obs), dim=-1)
@@ -88,7 +88,7 @@ def train(args: Args) -> Agent:
     obs_buf = torch.zeros(T, N, obs_dim, device=device)
     final_obs_buf = torch.zeros(T, N, obs_dim, device=device)
     act_buf = torch.zeros(T, N, dtype=torch.long, device=device)
-    logp_buf, val_buf, rew_buf = (torch.zeros(T, N, device=device) for _ in range(3))
+    logp_buf, rew_buf = (torch.zeros(T, N, device=device) for _ in range(2))
     term_buf, done_buf, trunc_buf = (torch.zeros(T, N, dtype=torch.bool, device=device) for _ in range(3))
 
     next_obs = env.reset(seed=args.seed)[0].float()
@@ -98,8 +98,8 @@ def train(args: Args) -> Agent:
         # ---- rollout: everything stays a tensor on the device
         for t in range(T):
             with torch.no_grad():
-                action, logp, value = agent.sample(next_obs, gen)
-            obs_buf[t], act_buf[t], logp_buf[t], val_buf[t] = next_obs, action, logp, value
+                action, logp = agent.act(next_obs, gen)
+            obs_buf[t], act_buf[t], logp_buf[t] = next_obs, action, logp
             next_obs, reward, terminated, truncated, info = env.step(action)
             next_obs = next_obs.float()
             rew_buf[t], term_buf[t], done_buf[t] = reward, terminated, terminated | truncated
@@ -108,6 +108,7 @@ def train(args: Args) -> Agent:
 
         # ---- GAE: a truncated episode bootstraps from V(final observation); a terminated one does not
         with torch.no_grad():
+            val_buf = agent.value(obs_buf.reshape(T * N, obs_dim)).reshape(T, N)  # the critic in one batch
             next_values = torch.cat([val_buf[1:], agent.value(next_obs).unsqueeze(0)])
             if bool(trunc_buf.any()):
                 next_values[trunc_buf] = agent.value(final_obs_buf[trunc_buf])

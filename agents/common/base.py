@@ -346,23 +346,13 @@ class OnPolicyAgent(BaseAlgorithm):
         if hasattr(stepper, "_prev_done") and isinstance(self._last_episode_starts, torch.Tensor):
             stepper._prev_done = self._last_episode_starts.clone()
         obs: torch.Tensor = self._last_obs  # type: ignore[assignment]
-        ended_return = torch.zeros_like(buf.rewards)
-        ended_length = torch.zeros_like(buf.rewards)
         callback.on_rollout_start()
         for step in range(self.n_steps):
             with torch.no_grad():
-                actions, log_probs, values = policy.sample(obs, self._generator)
+                actions, log_probs = policy.act(obs, self._generator)
             out = stepper.step(policy.env_actions(actions))
             dones = out.terminated | out.truncated
-            # episode bookkeeping as masked arithmetic: no host sync per step
-            buf.episode_steps[step] = self._ep_length
-            self._ep_return += out.reward
-            self._ep_length += 1 if out.valid is None else out.valid.long()
-            ended_return[step] = self._ep_return
-            ended_length[step] = self._ep_length.float()
-            self._ep_return.masked_fill_(dones, 0.0)
-            self._ep_length.masked_fill_(dones, 0)
-            buf.add(step, obs, actions, log_probs, values, out.reward, out.terminated, dones, out.valid)
+            buf.add(step, obs, actions, log_probs, out.reward, out.terminated, dones, out.valid)
             if out.final_mask is not None and out.final_obs is not None:
                 buf.add_final_observations(step, out.final_mask & out.truncated, out.final_obs)
             obs = out.obs
@@ -371,10 +361,14 @@ class OnPolicyAgent(BaseAlgorithm):
             if not callback.on_step():
                 self._last_obs = obs  # type: ignore[assignment]
                 self._save_prev_done()
+                self._track_episodes(buf, step + 1)
                 return False
         self._last_obs = obs  # type: ignore[assignment]
         self._save_prev_done()
+        ended_return, ended_length = self._track_episodes(buf, self.n_steps)
         with torch.no_grad():
+            # the critic on the whole rollout in one batch (the parameters did not change during it)
+            buf.values.copy_(policy.value(buf.observations.flatten(0, 1)).view_as(buf.values))
             last_values = policy.value(obs)
             buf.compute_returns_and_advantages(last_values, self.gamma, self.gae_lambda, policy.value)
         ended = buf.dones & buf.valid
@@ -385,6 +379,35 @@ class OnPolicyAgent(BaseAlgorithm):
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
+
+    @torch.no_grad()
+    def _track_episodes(self, buf: RolloutBuffer, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Episode bookkeeping for the first ``steps`` rows of the rollout, after the fact.
+
+        Fills ``buf.episode_steps`` (each transition's index within its episode), carries the running
+        return and length of unfinished episodes in ``_ep_return`` / ``_ep_length``, and returns the return
+        and length of the episode each transition belongs to, up to and including it (read where an
+        episode ends). The same values as updating running sums at every step (returns are summed in
+        float64 and rounded once), in some twenty tensor ops per rollout instead of a dozen per step.
+        """
+        assert self._ep_return is not None and self._ep_length is not None
+        rewards, valid, dones = buf.rewards[:steps], buf.valid[:steps], buf.dones[:steps]
+        n = rewards.shape[1]
+        counts = valid.to(torch.long)
+        cum_return = torch.cat((rewards.new_zeros(1, n, dtype=torch.float64), rewards.double().cumsum(0)))
+        cum_length = torch.cat((counts.new_zeros(1, n), counts.cumsum(0)))
+        rows = torch.arange(steps, device=rewards.device).unsqueeze(1)
+        last_end = torch.where(dones, rows, -1).cummax(0).values
+        # first row of the episode each transition belongs to (0: the episode began before this rollout)
+        start = torch.cat((last_end.new_full((1, n), -1), last_end[:-1])) + 1
+        carried = start == 0
+        returns = cum_return[1:] - cum_return.gather(0, start) + torch.where(carried, self._ep_return.double(), 0.0)
+        lengths = cum_length[1:] - cum_length.gather(0, start) + torch.where(carried, self._ep_length, 0)
+        buf.episode_steps[:steps] = lengths - counts
+        returns = returns.to(self._ep_return.dtype)
+        self._ep_return = torch.where(dones[-1], 0.0, returns[-1]).to(self._ep_return.dtype)
+        self._ep_length = torch.where(dones[-1], 0, lengths[-1])
+        return returns, lengths.to(returns.dtype)
 
     def _save_prev_done(self) -> None:
         prev = getattr(self._stepper, "_prev_done", None)

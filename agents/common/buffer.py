@@ -154,17 +154,19 @@ class RolloutBuffer:
         obs: torch.Tensor,
         actions: torch.Tensor,
         log_probs: torch.Tensor,
-        values: torch.Tensor,
         rewards: torch.Tensor,
         terminated: torch.Tensor,
         dones: torch.Tensor,
         valid: torch.Tensor | None,
     ) -> None:
-        """Store the transitions of all envs at rollout step ``step`` (in-place copies, no allocation)."""
+        """Store the transitions of all envs at rollout step ``step`` (in-place copies, no allocation).
+
+        ``values`` are not stored per step: the rollout loop evaluates the critic on all observations at
+        once after the last step and writes ``values`` then.
+        """
         self.observations[step].copy_(obs)
         self.actions[step].copy_(actions)
         self.log_probs[step].copy_(log_probs)
-        self.values[step].copy_(values)
         self.rewards[step].copy_(rewards)
         self.terminated[step].copy_(terminated)
         self.dones[step].copy_(dones)

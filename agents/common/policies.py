@@ -183,24 +183,30 @@ class ActorCriticPolicy(BasePolicy):
         """``V(obs)``, shape ``(B,)``."""
         return self.critic(self._flat(obs)).squeeze(-1)
 
-    def sample(
-        self, obs: torch.Tensor, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample actions with ``generator``; returns ``(actions, log_probs, values)``."""
-        x = self._flat(obs)
-        out = self.actor(x)
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample actions with ``generator``; returns ``(actions, log_probs)`` (the actor alone).
+
+        The rollout loop acts with this and evaluates the critic on the whole rollout in one batch
+        afterwards: the parameters do not change during a rollout, so the values are the same.
+        """
+        out = self.actor(self._flat(obs))
         if self.discrete:
             logits = torch.log_softmax(out, dim=-1)
             # Gumbel-max: argmax(logits + Gumbel noise) is a categorical sample, one fused op on any device
             u = torch.rand(out.shape, generator=generator, device=out.device, dtype=out.dtype)
             actions = torch.argmax(logits - torch.log(-torch.log(u.clamp_min(1e-20))), dim=-1)
-            log_probs = logits.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        else:
-            std = self.log_std.exp()
-            noise = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
-            actions = out + std * noise
-            log_probs = self._gaussian_log_prob(out, actions)
-        return actions, log_probs, self.critic(x).squeeze(-1)
+            return actions, logits.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        std = self.log_std.exp()
+        noise = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
+        actions = out + std * noise
+        return actions, self._gaussian_log_prob(out, actions)
+
+    def sample(
+        self, obs: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample actions with ``generator``; returns ``(actions, log_probs, values)``."""
+        actions, log_probs = self.act(obs, generator)
+        return actions, log_probs, self.value(obs)
 
     def _gaussian_log_prob(self, mean: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         z = (actions - mean) / self.log_std.exp()

@@ -271,6 +271,35 @@ def test_next_step_autoreset_drops_the_reset_transition() -> None:
         torch.testing.assert_close(buf.advantages[t, 0], expected)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_episode_bookkeeping_matches_running_sums(seed: int) -> None:
+    """The rollout's after-the-fact episode statistics equal running sums updated at every step."""
+    model = agents.PPO("MlpPolicy", "CartPole-v1", n_envs=5, n_steps=40, batch_size=40, seed=0)
+    model._reset_env()
+    buf = model.rollout_buffer
+    g = torch.Generator().manual_seed(seed)
+    buf.rewards.copy_(torch.randint(-3, 4, buf.rewards.shape, generator=g).float() / 4)
+    buf.dones.copy_(torch.rand(buf.dones.shape, generator=g) < 0.15)
+    buf.valid.copy_(torch.rand(buf.valid.shape, generator=g) < 0.9)
+    model._ep_return = torch.tensor([0.0, 1.5, 7.25, 0.0, 3.0])
+    model._ep_length = torch.tensor([0, 2, 9, 0, 4])
+    ret, length = model._ep_return.clone(), model._ep_length.clone()
+    expected_steps, expected_ret, expected_len = [], [], []
+    for t in range(40):
+        expected_steps.append(length.clone())
+        ret = ret + buf.rewards[t]
+        length = length + buf.valid[t].long()
+        expected_ret.append(ret.clone())
+        expected_len.append(length.float())
+        ret = ret.masked_fill(buf.dones[t], 0.0)
+        length = length.masked_fill(buf.dones[t], 0)
+    returns, lengths = model._track_episodes(buf, 40)
+    assert torch.equal(buf.episode_steps, torch.stack(expected_steps))
+    assert torch.equal(returns, torch.stack(expected_ret))
+    assert torch.equal(lengths, torch.stack(expected_len))
+    assert torch.equal(model._ep_return, ret) and torch.equal(model._ep_length, length)
+
+
 # --------------------------------------------------------------------------------------------- on device
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_training_stays_on_the_device(algo: str, device: torch.device) -> None:

@@ -31,10 +31,11 @@ def test_gae_closed_form_with_truncation_and_termination() -> None:
     buf = RolloutBuffer(3, 1, (1,), (), torch.long)
     obs, act, zero = torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), torch.zeros(1)
     one, t, n = torch.ones(1), torch.tensor([True]), torch.tensor([False])
-    buf.add(0, obs, act, zero, torch.tensor([a]), one, n, n, None)
-    buf.add(1, obs, act, zero, torch.tensor([b]), one, n, t, None)  # truncated: bootstraps from V(final) = f
+    buf.add(0, obs, act, zero, one, n, n, None)
+    buf.add(1, obs, act, zero, one, n, t, None)  # truncated: bootstraps from V(final) = f
     buf.add_final_observations(1, t, torch.tensor([[f]]))
-    buf.add(2, obs, act, zero, torch.tensor([c]), one, t, t, None)  # terminated: no bootstrap
+    buf.add(2, obs, act, zero, one, t, t, None)  # terminated: no bootstrap
+    buf.values.copy_(torch.tensor([[a], [b], [c]]))
     buf.compute_returns_and_advantages(torch.tensor([last]), gamma, lam, value_fn=lambda x: x[:, 0])
     a1 = 1 + gamma * f - b
     a0 = (1 + gamma * b - a) + gamma * lam * a1
@@ -48,7 +49,7 @@ def test_gae_bootstraps_last_value_of_unfinished_episode() -> None:
     buf = RolloutBuffer(2, 1, (1,), (), torch.long)
     obs, act, zero, n = torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), torch.zeros(1), torch.tensor([False])
     for step in range(2):
-        buf.add(step, obs, act, zero, zero, torch.ones(1), n, n, None)
+        buf.add(step, obs, act, zero, torch.ones(1), n, n, None)
     buf.compute_returns_and_advantages(torch.tensor([10.0]), gamma=0.5, gae_lambda=1.0)
     # discounted return with a bootstrap: 1 + 0.5 * (1 + 0.5 * 10)
     assert buf.returns[0, 0].item() == pytest.approx(4.0)
@@ -90,7 +91,7 @@ def test_invalid_transitions_cut_gae_and_leave_the_batch() -> None:
     for step in range(3):
         obs = torch.full((2, 1), float(step))
         valid = torch.tensor([step != 1, True])
-        buf.add(step, obs, act, zero, zero, torch.ones(2), ended if step == 0 else none,
+        buf.add(step, obs, act, zero, torch.ones(2), ended if step == 0 else none,
                 ended if step == 0 else none, valid)
     buf.compute_returns_and_advantages(torch.zeros(2), gamma=1.0, gae_lambda=1.0)
     assert buf.advantages[0, 0].item() == 1.0  # terminated: the reset step's reward does not leak in
