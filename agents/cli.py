@@ -130,7 +130,7 @@ def train_main(argv: list[str] | None = None) -> int:
     import agents
     from agents.hyperparams import hyperparams
 
-    kwargs = hyperparams(args.algo, args.env)
+    kwargs = hyperparams(args.algo, args.env, args.optimizer)
     if args.config is not None:
         kwargs.update(_load_config(args.config))
     total = int(kwargs.pop("total_timesteps", 100_000))

@@ -29,20 +29,29 @@ def linear_schedule(start: float) -> Callable[[float], float]:
     return schedule
 
 
-def hyperparams(algorithm: str, env_id: str) -> dict[str, Any]:
+def hyperparams(algorithm: str, env_id: str, optimizer: Any = "adam") -> dict[str, Any]:
     """A copy of the tuned keyword arguments of ``algorithm`` on ``env_id`` (empty if none are recorded).
 
     ``total_timesteps`` is the suggested training budget; the other keys are constructor arguments. As in
     the RL Zoo, a value ``"lin_<x>"`` is a linear schedule from ``x`` to 0 (:func:`linear_schedule`).
+    An entry may hold a ``by_optimizer`` mapping from an ``optimizer=`` name to settings that override the
+    others for that optimizer (``optimizer`` defaults to the agents' default, ``"adam"``; a class gets no
+    override): a setting tuned for Adam is not imposed on the step-size rules.
 
     Example:
         >>> hyperparams("PPO", "CartPole-v1")["n_envs"]
         128
+        >>> hyperparams("PPO", "CartPole-v1")["clip_range"], hyperparams("PPO", "CartPole-v1", "sls")["clip_range"]
+        (0.3, 0.2)
     """
     table = _table()
     if algorithm not in table:
         raise ValueError(f"Invalid algorithm: {algorithm!r}, expected one of {sorted(table)}")
-    return parse_schedules(copy.deepcopy(table[algorithm].get(env_id, {})))
+    params = copy.deepcopy(table[algorithm].get(env_id, {}))
+    overrides = params.pop("by_optimizer", None) or {}
+    if isinstance(optimizer, str):
+        params.update(overrides.get(optimizer.lower(), {}))
+    return parse_schedules(params)
 
 
 def parse_schedules(params: dict[str, Any]) -> dict[str, Any]:

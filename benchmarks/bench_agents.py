@@ -92,7 +92,7 @@ def run_ours(seed: int, optimizer: str, eval_env: Any, budget: int) -> StopAtTar
     import agents
     from agents.hyperparams import hyperparams
 
-    kwargs = hyperparams("PPO", "CartPole-v1")
+    kwargs = hyperparams("PPO", "CartPole-v1", optimizer)
     kwargs.pop("total_timesteps", None)
     if optimizer != "adam":
         kwargs.pop("learning_rate", None)

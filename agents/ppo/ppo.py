@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
+from gymnasium import spaces
 
 from agents.common.base import OnPolicyAgent, _check_positive_int
 
@@ -23,6 +25,13 @@ class PPO(OnPolicyAgent):
     ``"ponos"``) evaluate it at trial points; with ``"polyak"`` the clipped surrogate (with entropy bonus)
     takes the Polyak step :class:`rlopt.PolyakPG` with ``J_hat`` = ``rollout/ep_rew_mean`` and the value
     loss is fitted by Adam.
+
+    When the policy loss has an optimizer of its own (``separate_critic``) whose rule takes a lower bound
+    ``f_star`` (PoNoS's Polyak first trial, SPS), each minibatch sets it to the infimum of the clipped
+    surrogate over all ratios, :meth:`surrogate_infimum` (minus ``ent_coef`` times the largest entropy of a
+    discrete policy), unless ``optimizer_kwargs`` fixes ``f_star``. The surrogate is 0 at the rollout's
+    policy with normalized advantages, so ``f_star = 0`` would make the Polyak step 0; the infimum gives
+    ``f - f_star = clip_range * mean|A|`` there.
 
     Args:
         policy: ``"MlpPolicy"`` or an ``ActorCriticPolicy`` subclass.
@@ -85,6 +94,30 @@ class PPO(OnPolicyAgent):
             vf_coef=vf_coef, max_grad_norm=max_grad_norm, normalize_advantage=normalize_advantage, **kwargs,
         )
 
+    @staticmethod
+    def surrogate_infimum(advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
+        r"""The infimum over all ratios of the clipped-surrogate loss on a minibatch.
+
+        :math:`\min(\rho A, \operatorname{clip}(\rho, 1-\epsilon, 1+\epsilon) A)` is at most
+        :math:`(1+\epsilon) A` for :math:`A > 0` and :math:`(1-\epsilon) A` for :math:`A \le 0` (reached at
+        :math:`\rho \ge 1+\epsilon` and :math:`\rho \le 1-\epsilon`), so the loss is bounded below by
+        ``-mean(where(A > 0, (1 + clip_range) A, (1 - clip_range) A))``.
+        """
+        return -torch.where(advantages > 0, (1.0 + clip_range) * advantages, (1.0 - clip_range) * advantages).mean()
+
+    def _policy_lower_bound(self, advantages: torch.Tensor) -> float | None:
+        """``f_star`` for the policy's own optimizer on this minibatch, or None where none applies."""
+        if self.critic_optimizer is None or self._polyak or "f_star" in self.optimizer_kwargs:
+            return None
+        if "f_star" not in self.optimizer.param_groups[0]:
+            return None
+        bound = self.surrogate_infimum(advantages, self.clip_range)
+        if self.ent_coef > 0:
+            if not isinstance(self.action_space, spaces.Discrete):
+                return None  # a Gaussian's entropy is unbounded: no finite bound
+            bound = bound - self.ent_coef * math.log(int(self.action_space.n))
+        return float(bound)
+
     def train(self) -> None:
         """``n_epochs`` passes of clipped-surrogate minibatch steps over the rollout."""
         batch = self.rollout_buffer.flatten()
@@ -127,6 +160,10 @@ class PPO(OnPolicyAgent):
                         first["value"] = loss.detach()
                     return loss
 
+                f_star = self._policy_lower_bound(adv)
+                if f_star is not None:
+                    for group in self.optimizer.param_groups:
+                        group["f_star"] = f_star
                 loss = self._step_losses(policy_loss, value_loss)
                 self._record_step_stats(stats)
                 tensors.setdefault("loss", []).append(loss.detach())

@@ -300,6 +300,38 @@ def test_episode_bookkeeping_matches_running_sums(seed: int) -> None:
     assert torch.equal(model._ep_return, ret) and torch.equal(model._ep_length, length)
 
 
+def test_surrogate_infimum_is_the_clipped_loss_infimum() -> None:
+    g = torch.Generator().manual_seed(0)
+    adv = torch.randn(64, generator=g)
+    clip = 0.2
+
+    def loss(ratio: torch.Tensor) -> torch.Tensor:
+        return -torch.min(adv * ratio, adv * ratio.clamp(1 - clip, 1 + clip)).mean()
+
+    bound = agents.PPO.surrogate_infimum(adv, clip)
+    for _ in range(50):
+        ratio = torch.rand(64, generator=g) * 3
+        assert loss(ratio) >= bound - 1e-6
+    # reached: ratio >= 1 + clip where A > 0, ratio <= 1 - clip where A <= 0
+    torch.testing.assert_close(loss(torch.where(adv > 0, 1.5, 0.5)), bound)
+    # at the rollout's policy (ratio 1) the gap is clip * mean|A|
+    torch.testing.assert_close(loss(torch.ones(64)) - bound, clip * adv.abs().mean())
+
+
+def test_ponos_policy_step_uses_the_surrogate_infimum() -> None:
+    model = _make("PPO", optimizer="ponos", ent_coef=0.01)
+    model.learn(64)
+    assert model.critic_optimizer is not None
+    f_star = model.optimizer.param_groups[0]["f_star"]
+    # the last minibatch's bound: normalized advantages have mean|A| <= 1, so it lies in
+    # [-(1 + clip) - ent_coef * log(2), 0)
+    assert -1.2 - 0.01 * np.log(2) <= f_star < 0
+    assert model.critic_optimizer.param_groups[0]["f_star"] == 0.0  # the value loss keeps its bound 0
+    fixed = _make("PPO", optimizer="ponos", optimizer_kwargs={"f_star": -5.0})
+    fixed.learn(64)
+    assert fixed.optimizer.param_groups[0]["f_star"] == -5.0
+
+
 # --------------------------------------------------------------------------------------------- on device
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_training_stays_on_the_device(algo: str, device: torch.device) -> None:
