@@ -87,13 +87,6 @@ class CartPoleEnv(TorchVecEnv):
         reward = torch.ones_like(nx, dtype=torch.float32)
         return next_state, reward, terminated
 
-    def _observe(self, state: torch.Tensor) -> torch.Tensor:
-        if self._tracing:
-            # Stacking the rows lets the compiled kernel write observations in its main loop.
-            return torch.stack([row.to(torch.float32) for row in state.unbind(0)], dim=1)
-        # Eager, one conversion and one transposing copy instead of six ops (same values).
-        return state.to(torch.float32).t().contiguous()
-
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
         return -0.05 + (0.05 - -0.05) * uniform
 
@@ -254,13 +247,6 @@ class MountainCarEnv(TorchVecEnv):
         terminated = (position >= self.goal_position) & (velocity >= self.goal_velocity)
         reward = torch.full_like(position, -1.0, dtype=torch.float32)
         return torch.stack((position, velocity)), reward, terminated
-
-    def _observe(self, state: torch.Tensor) -> torch.Tensor:
-        if self._tracing:
-            # Stacking the rows lets the compiled kernel write observations in its main loop.
-            return torch.stack([row.to(torch.float32) for row in state.unbind(0)], dim=1)
-        # Eager, one conversion and one transposing copy instead of six ops (same values).
-        return state.to(torch.float32).t().contiguous()
 
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
         position = -0.6 + (-0.4 - -0.6) * uniform[0]
