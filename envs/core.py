@@ -334,8 +334,8 @@ class TorchVecEnv(VectorEnv):
         fixed per env), so it can be traced and compiled into one kernel.
 
         Returns (obs, reward, terminated, truncated, done, final_obs, episode_return, episode_length),
-        the three flags as uint8; the episode statistics are those of the episodes that end now (masked
-        by done = terminated | truncated).
+        the three flags as bool (uint8 when traced for compilation, see `_flag`); the episode statistics
+        are those of the episodes that end now (masked by done = terminated | truncated).
         """
         mode = self.autoreset_mode
         next_state, reward, terminated = self._dynamics(state, actions)
@@ -345,13 +345,13 @@ class TorchVecEnv(VectorEnv):
             resetting = prev_done != 0
             fresh = self._fresh_states(lane_key, reset_count)
             next_state = torch.where(resetting.unsqueeze(0), fresh, next_state)
-            reward = torch.where(resetting, torch.zeros_like(reward), reward)
+            reward = reward.masked_fill(resetting, 0.0)
             terminated = terminated & ~resetting
-            elapsed = torch.where(resetting, torch.zeros_like(elapsed), elapsed)
+            elapsed = elapsed.masked_fill(resetting, 0)
             truncated = (elapsed >= self.max_episode_steps) & ~resetting
             reset_count.add_(resetting.to(torch.int64))
-            episode_return = torch.where(resetting, torch.zeros_like(reward), return_so_far + reward)
-            episode_length = torch.where(resetting, torch.zeros_like(elapsed), length_so_far + 1)
+            episode_return = (return_so_far + reward).masked_fill(resetting, 0.0)
+            episode_length = (length_so_far + 1).masked_fill(resetting, 0)
             done = terminated | truncated
             prev_done.copy_(self._flag(done))
             obs = self._observe(next_state)
@@ -387,15 +387,16 @@ class TorchVecEnv(VectorEnv):
         return obs, reward, *flags, final_obs, episode_return, episode_length
 
     def _flag(self, mask: torch.Tensor) -> torch.Tensor:
-        """``mask`` (bool) as uint8 0/1, the form in which flags leave the transition.
+        """``mask`` (bool) in the form in which flags leave the transition: uint8 0/1 when traced, else as is.
 
         Traced for compilation it goes through a float blend: inductor's CPU code converts a comparison
         mask to uint8 one element at a time, which took about a quarter of CartPole's fused kernel, but
-        converts floats to uint8 as vectors. Eager, one conversion op is cheaper. Same values either way.
+        converts floats to uint8 as vectors. Eager, the bool mask leaves as it is (`_step` views uint8 flags
+        as bool, and a uint8 buffer copies a bool mask as 0/1). Same values either way.
         """
         if self._tracing:
             return torch.where(mask, 1.0, 0.0).to(torch.uint8)
-        return mask.to(torch.uint8)
+        return mask
 
     def _compile_transition(self) -> Callable[..., tuple[torch.Tensor, ...]]:
         """Trace `_transition_eager` for this env's shapes and dtypes and compile it with TorchInductor.
@@ -537,11 +538,12 @@ class TorchVecEnv(VectorEnv):
         obs, reward, terminated, truncated, done, final_obs, ep_return, ep_length = self._transition(
             actions, *self._buffers()
         )
-        terminated, truncated, done = (
-            terminated.view(torch.bool),
-            truncated.view(torch.bool),
-            done.view(torch.bool),
-        )
+        if terminated.dtype != torch.bool:  # the compiled kernel's uint8 flags
+            terminated, truncated, done = (
+                terminated.view(torch.bool),
+                truncated.view(torch.bool),
+                done.view(torch.bool),
+            )
         info: dict[str, Any] = {"episode": {"r": ep_return, "l": ep_length}, "_episode": done}
         if self.autoreset_mode == AutoresetMode.SAME_STEP:
             info["final_obs"] = final_obs
