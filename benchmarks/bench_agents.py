@@ -8,7 +8,8 @@ One protocol for both, measured in the same run:
 - median over seeds. Each library runs with the intra-op thread count that is faster for it on this
   2-core machine (``--sb3-threads``, ``--threads``): stable-baselines3 with one thread (its 8-envs x 256-sample
   updates only pay for the synchronisation of a second one: 9.6-10.8 s against 8.2-10.1 s on seed 3),
-  agents.PPO with two (its 2,048-sample minibatches split across them: 0.61-0.72 s against 0.64-0.85 s).
+  agents.PPO with two (its 2,048-sample minibatches split across them: 0.61-0.72 s against 0.64-0.85 s on
+  a quiet host; while another tenant holds a core the thread team stalls, and ``--threads 1`` is steadier).
 
 stable-baselines3 uses the RL Zoo's tuned CartPole-v1 hyperparameters (hyperparams/ppo.yml): 8 envs,
 n_steps 32, batch_size 256, gae_lambda 0.8, gamma 0.98, n_epochs 20, ent_coef 0, learning_rate lin_0.001,
