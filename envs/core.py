@@ -365,7 +365,7 @@ class TorchVecEnv(VectorEnv):
             fresh = self._fresh_states(lane_key, reset_count)
             next_state = torch.where(done.unsqueeze(0), fresh, next_state)
             reset_count.add_(done.to(torch.int64))
-            elapsed = torch.where(done, torch.zeros_like(elapsed), elapsed)
+            elapsed = elapsed.masked_fill(done, 0)
             obs = torch.where(done.unsqueeze(1), self._observe(next_state), final_obs)
         else:
             truncated = elapsed >= self.max_episode_steps
@@ -378,8 +378,8 @@ class TorchVecEnv(VectorEnv):
         elapsed_steps.copy_(elapsed)
         if mode == AutoresetMode.SAME_STEP:
             # The next episode starts from zero; the finished one is reported through the return values.
-            return_so_far.copy_(torch.where(done, torch.zeros_like(episode_return), episode_return))
-            length_so_far.copy_(torch.where(done, torch.zeros_like(episode_length), episode_length))
+            return_so_far.copy_(episode_return.masked_fill(done, 0.0))
+            length_so_far.copy_(episode_length.masked_fill(done, 0))
         else:
             return_so_far.copy_(episode_return)
             length_so_far.copy_(episode_length)

@@ -405,8 +405,8 @@ class OnPolicyAgent(BaseAlgorithm):
         lengths = cum_length[1:] - cum_length.gather(0, start) + torch.where(carried, self._ep_length, 0)
         buf.episode_steps[:steps] = lengths - counts
         returns = returns.to(self._ep_return.dtype)
-        self._ep_return = torch.where(dones[-1], 0.0, returns[-1]).to(self._ep_return.dtype)
-        self._ep_length = torch.where(dones[-1], 0, lengths[-1])
+        self._ep_return = returns[-1].masked_fill(dones[-1], 0.0)
+        self._ep_length = lengths[-1].masked_fill(dones[-1], 0)
         return returns, lengths.to(returns.dtype)
 
     def _save_prev_done(self) -> None:
