@@ -5,11 +5,13 @@ One protocol for both, measured in the same run:
 - a callback evaluates the deterministic policy on 10 episodes whenever the step counter crosses a
   multiple of 5,000 steps and stops training at a mean return >= 475;
 - the clock runs from the start of training to the stop, minus the time spent evaluating;
-- median over seeds. Each library runs with the intra-op thread count that is faster for it on this
-  2-core machine (``--sb3-threads``, ``--threads``): stable-baselines3 with one thread (its 8-envs x 256-sample
-  updates only pay for the synchronisation of a second one: 9.6-10.8 s against 8.2-10.1 s on seed 3),
-  agents.PPO with two (its 2,048-sample minibatches split across them: 0.61-0.72 s against 0.64-0.85 s on
-  a quiet host; while another tenant holds a core the thread team stalls, and ``--threads 1`` is steadier).
+- median over seeds, run seed by seed with every agent in turn, so that a host whose speed drifts during
+  the run (other tenants) slows both libraries alike.
+- intra-op threads (``--sb3-threads``, ``--threads``): stable-baselines3 with one thread, its faster
+  setting on this 2-core machine (its 8-envs x 256-sample updates only pay for the synchronisation of a
+  second one: 9.6-10.8 s against 8.2-10.1 s on seed 3); agents.PPO with one and with two, one row each. Two
+  threads split its 2,048-sample minibatches (0.61-0.72 s against 0.64-0.85 s on a quiet host), but while
+  another tenant holds a core the thread team stalls, and one thread is steadier.
 
 stable-baselines3 uses the RL Zoo's tuned CartPole-v1 hyperparameters (hyperparams/ppo.yml): 8 envs,
 n_steps 32, batch_size 256, gae_lambda 0.8, gamma 0.98, n_epochs 20, ent_coef 0, learning_rate lin_0.001,
@@ -18,7 +20,7 @@ the tensor-batched CartPole (envs), with each optimizer in turn.
 
 Usage:
     python benchmarks/bench_agents.py [--seeds 5] [--optimizers adam,sls,sps,ponos,polyak] [--budget 200000]
-                                      [--threads 2] [--sb3-threads 1]
+                                      [--threads 1,2] [--sb3-threads 1]
 """
 
 from __future__ import annotations
@@ -117,20 +119,36 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=200_000, help="agents.PPO step budget (one learn call)")
     parser.add_argument("--skip-sb3", action="store_true")
     parser.add_argument("--sb3-threads", type=int, default=1, help="torch intra-op threads for stable-baselines3")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads for agents.PPO")
+    parser.add_argument("--threads", default="1,2",
+                        help="torch intra-op thread counts for agents.PPO, comma-separated (one row each)")
     args = parser.parse_args()
     import agents
 
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    if any(t < 1 for t in thread_counts):
+        raise SystemExit(f"--threads must be positive integers, got {args.threads!r}")
     eval_env = agents.make_eval_env("CartPole-v1", n_envs=EVAL_EPISODES)
-    rows = []
-    if not args.skip_sb3:
-        torch.set_num_threads(args.sb3_threads)
-        rows.append(_summary("stable-baselines3 PPO (RL Zoo)", [run_sb3(s, eval_env) for s in range(args.seeds)]))
-        print(rows[-1], flush=True)
-    torch.set_num_threads(args.threads)
-    for opt in args.optimizers.split(","):
-        rows.append(_summary(f"agents.PPO {opt}", [run_ours(s, opt, eval_env, args.budget) for s in range(args.seeds)]))
-        print(rows[-1], flush=True)
+    sb3_name = "stable-baselines3 PPO (RL Zoo)"
+    ours = [
+        (f"agents.PPO {opt}" + (f", {n} thread{'s' if n > 1 else ''}" if len(thread_counts) > 1 else ""), opt, n)
+        for opt in args.optimizers.split(",")
+        for n in thread_counts
+    ]
+    runs: dict[str, list[StopAtTarget]] = {} if args.skip_sb3 else {sb3_name: []}
+    runs.update({name: [] for name, _, _ in ours})
+    # Seed by seed, every agent in turn: a host that speeds up or slows down during the run (other tenants)
+    # then affects both libraries alike instead of whichever happened to run in that stretch.
+    for seed in range(args.seeds):
+        if not args.skip_sb3:
+            torch.set_num_threads(args.sb3_threads)
+            runs[sb3_name].append(run_sb3(seed, eval_env))
+        for name, opt, threads in ours:
+            torch.set_num_threads(threads)
+            runs[name].append(run_ours(seed, opt, eval_env, args.budget))
+        print(f"seed {seed}: " + ", ".join(
+            f"{name} {r[-1].train_time:.2f} s" if r[-1].reached_at is not None else f"{name} not solved"
+            for name, r in runs.items()), flush=True)
+    rows = [_summary(name, r) for name, r in runs.items()]
     base = rows[0]["median_s"] if not args.skip_sb3 else float("nan")
     print()
     print("| agent | solved | median s to 475 | speedup vs SB3 | steps to 475 (per seed) | seconds (per seed) |")
