@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer-kwargs", default=None, type=json.loads, metavar="JSON",
                    help='optimizer keyword arguments as JSON, e.g. \'{"c": 0.5}\'')
     p.add_argument("--n-envs", type=int, default=None, help="number of env copies (default: tuned value)")
+    p.add_argument("--env-kwargs", default=None, type=json.loads, metavar="JSON",
+                   help='env keyword arguments as JSON, e.g. \'{"compile": true}\' (one fused kernel per step of a '
+                   "batched env: worth its build time on long runs) or '{\"max_episode_steps\": 200}'")
     p.add_argument("--device", default="cpu", help="torch device for the agent and the batched env (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--total-timesteps", type=int, default=None, help="training budget (default: tuned value)")
@@ -98,7 +101,9 @@ def plot_run(run_dir: Path, out: Path) -> Path:
             ax.plot([e.step for e in events], [e.value for e in events])
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[1].set_yscale("log")
+    step_sizes = acc.Scalars("train/step_size") if "train/step_size" in tags else []
+    if any(e.value > 0 for e in step_sizes):  # a run too short to log an update has nothing to log-scale
+        axes[1].set_yscale("log")
     axes[1].set_xlabel("env steps")
     axes[0].set_title(run_dir.name)
     fig.tight_layout()
@@ -142,6 +147,10 @@ def train_main(argv: list[str] | None = None) -> int:
         kwargs["n_envs"] = args.n_envs
     if args.optimizer_kwargs is not None:
         kwargs["optimizer_kwargs"] = args.optimizer_kwargs
+    if args.env_kwargs is not None:
+        if not isinstance(args.env_kwargs, dict):
+            raise SystemExit(f"rlopt train: --env-kwargs must be a JSON object, got {args.env_kwargs!r}")
+        kwargs["env_kwargs"] = {**(kwargs.get("env_kwargs") or {}), **args.env_kwargs}
     cls = getattr(agents, args.algo)
     model = cls("MlpPolicy", args.env, optimizer=args.optimizer, seed=args.seed, device=args.device,
                 tensorboard_log=str(args.log_dir), verbose=args.verbose, **kwargs)
@@ -151,7 +160,7 @@ def train_main(argv: list[str] | None = None) -> int:
           f"({model.n_envs} envs, device {model.device})"
           + (f", stopping at an evaluation return of {threshold:g}" if threshold is not None else ""))
     eval_env = agents.make_eval_env(args.env, n_envs=min(args.eval_episodes, 10), device=args.device,
-                                    seed=args.seed + 1)
+                                    seed=args.seed + 1, env_kwargs=model.env_kwargs)
     callback = None
     if args.eval_freq > 0:
         callback = _periodic_evaluation(eval_env, threshold, args.eval_episodes,

@@ -112,8 +112,9 @@ class TorchVecEnv(VectorEnv):
         seed: seed of the env's ``torch.Generator``; ``None`` seeds it from OS entropy.
         autoreset_mode: an ``AutoresetMode`` or "next_step", "same_step", "disabled".
         max_episode_steps: time limit (``None``: the environment's registered default).
-        dtype: floating dtype of the physical state (``None``: the environment's default, which is the
-            precision Gymnasium's class computes in).
+        dtype: floating dtype of the physical state, ``torch.float32``/``torch.float64`` or their names
+            "float32"/"float64" (as config files give them); ``None``: the environment's default, which is the
+            precision Gymnasium's class computes in.
         compile: compile the step with TorchInductor into one fused kernel (traced once at construction,
             which takes seconds); ``False`` keeps the eager path, the reference for debugging. Both
             update the state buffers in place and draw no random numbers from a stateful generator.
@@ -153,7 +154,7 @@ class TorchVecEnv(VectorEnv):
         seed: int | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         max_episode_steps: int | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         compile: bool = False,
         validate_actions: bool | None = None,
         threads: int | None = None,
@@ -170,9 +171,13 @@ class TorchVecEnv(VectorEnv):
             or max_episode_steps < 1
         ):
             raise ValueError(f"Invalid max_episode_steps: {max_episode_steps!r}, expected an int >= 1")
+        if isinstance(dtype, str):
+            dtype = {"float32": torch.float32, "float64": torch.float64}.get(dtype.removeprefix("torch."), dtype)
         dtype = self.default_dtype if dtype is None else dtype
         if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"Invalid dtype: {dtype}, expected torch.float32 or torch.float64")
+            raise ValueError(
+                f"Invalid dtype: {dtype!r}, expected torch.float32, torch.float64, 'float32' or 'float64'"
+            )
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"Invalid seed: {seed!r}, expected an int or None")
         self.device = torch.device(device)

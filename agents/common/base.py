@@ -33,7 +33,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 import rlopt
 from agents.common.buffer import RolloutBatch, RolloutBuffer
-from agents.common.env_util import Stepper, resolve_env, to_sb3
+from agents.common.env_util import Stepper, check_env_kwargs, resolve_env, to_sb3
 from agents.common.optim import (
     build_optimizer,
     check_optimizer,
@@ -99,6 +99,9 @@ class OnPolicyAgent(BaseAlgorithm):
             batched env live.
         seed: seed of the network initialization, the sampling/minibatch generator and the env's first
             reset. The global RNGs are never reseeded.
+        env_kwargs: keyword arguments of the env when ``env`` is an id, as the RL Zoo's ``env_kwargs``: for a
+            batched env those of ``envs.make`` (``max_episode_steps``, ``compile=True`` for one fused kernel
+            per step, ``dtype``, ``threads``, Pendulum's ``g``), else the Gymnasium env's constructor keywords.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": ActorCriticPolicy}
@@ -131,6 +134,7 @@ class OnPolicyAgent(BaseAlgorithm):
         verbose: int = 0,
         device: torch.device | str = "auto",
         seed: int | None = None,
+        env_kwargs: dict[str, Any] | None = None,
         _init_setup_model: bool = True,
     ) -> None:
         # validate everything before building anything
@@ -157,10 +161,11 @@ class OnPolicyAgent(BaseAlgorithm):
             raise ValueError(f"Invalid policy: {policy!r}, expected one of {list(self.policy_aliases)}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"Invalid seed: {seed!r}, expected an int or None")
+        self.env_kwargs = check_env_kwargs(env_kwargs)
         self._stepper: Stepper | None = None
         vec_env: VecEnv | None = None
         if env is not None:
-            vec_env, self._stepper = resolve_env(env, n_envs, get_device(device), seed)
+            vec_env, self._stepper = resolve_env(env, n_envs, get_device(device), seed, self.env_kwargs)
             check_spaces(vec_env.observation_space, vec_env.action_space, self.algorithm_name)
         super().__init__(
             policy=policy,

@@ -245,16 +245,45 @@ def _batched_env_ids() -> set[str]:
     return set(envs.registered_ids())
 
 
-def make_env_from_id(env_id: str, n_envs: int, device: torch.device, seed: int | None) -> gym.vector.VectorEnv:
+#: ``env_kwargs`` of a batched env that change how it runs, not what it computes: not passed to evaluation envs
+RUNTIME_ENV_KWARGS = frozenset({"compile", "threads", "validate_actions"})
+
+
+def check_env_kwargs(env_kwargs: Any) -> dict[str, Any]:
+    """``env_kwargs`` as a new dict (None: empty); raises ``TypeError`` for anything but a mapping with str keys."""
+    if env_kwargs is None:
+        return {}
+    if not isinstance(env_kwargs, dict) or not all(isinstance(k, str) for k in env_kwargs):
+        raise TypeError(f"Invalid env_kwargs: {env_kwargs!r}, expected a dict of keyword arguments or None")
+    for key in ("num_envs", "device", "seed", "autoreset_mode"):
+        if key in env_kwargs:
+            raise ValueError(f"Invalid env_kwargs key {key!r}: set by the agent (n_envs=, device=, seed=)")
+    return dict(env_kwargs)
+
+
+def make_env_from_id(
+    env_id: str,
+    n_envs: int,
+    device: torch.device,
+    seed: int | None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> gym.vector.VectorEnv:
     """A batched :mod:`envs` env when ``env_id`` is one (on ``device``), else Gymnasium's vector env: its
-    batched implementation when the id has one (CartPole-v1), else a same-step ``SyncVectorEnv``."""
+    batched implementation when the id has one (CartPole-v1), else a same-step ``SyncVectorEnv``.
+
+    ``env_kwargs`` go to ``envs.make`` (``max_episode_steps``, ``compile``, ``dtype``, ``threads``, Pendulum's
+    ``g``, ...) or to ``gymnasium.make_vec`` (the env's constructor keywords).
+    """
     if n_envs <= 0:
         raise ValueError(f"n_envs must be positive, got {n_envs}")
+    kwargs = check_env_kwargs(env_kwargs)
     if env_id in _batched_env_ids():
         import envs
 
         # same-step autoreset: no reset-only transitions, and SB3's VecEnv face (envs.SB3VecEnv) works
-        return envs.make(env_id, num_envs=n_envs, device=device, seed=seed, autoreset_mode=AutoresetMode.SAME_STEP)
+        return envs.make(
+            env_id, num_envs=n_envs, device=device, seed=seed, autoreset_mode=AutoresetMode.SAME_STEP, **kwargs
+        )
     if env_id not in gym.registry:
         raise ValueError(
             f"Unknown env id: {env_id!r}; expected a batched env in {sorted(_batched_env_ids())} or a registered "
@@ -262,9 +291,10 @@ def make_env_from_id(env_id: str, n_envs: int, device: torch.device, seed: int |
         )
     if gym.spec(env_id).vector_entry_point is not None:
         # Gymnasium's own batched implementation (numpy, one array op for all copies; next-step autoreset)
-        return gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point")
+        return gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **kwargs)
     return gym.make_vec(
-        env_id, num_envs=n_envs, vectorization_mode="sync", vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}
+        env_id, num_envs=n_envs, vectorization_mode="sync", vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        **kwargs,
     )
 
 
@@ -289,11 +319,17 @@ def to_sb3(env: gym.vector.VectorEnv) -> VecEnv:
 
 
 def resolve_env(
-    env: Any, n_envs: int | None, device: torch.device, seed: int | None
+    env: Any, n_envs: int | None, device: torch.device, seed: int | None, env_kwargs: dict[str, Any] | None = None
 ) -> tuple[VecEnv, Stepper]:
-    """``(SB3 VecEnv, stepper)`` for anything accepted as ``env`` (see module docstring)."""
+    """``(SB3 VecEnv, stepper)`` for anything accepted as ``env`` (see module docstring); ``env_kwargs`` only
+    with an env id (an env object is already built)."""
     if isinstance(env, str):
-        env = make_env_from_id(env, n_envs or 1, device, seed)
+        env = make_env_from_id(env, n_envs or 1, device, seed, env_kwargs)
+    elif env_kwargs:
+        raise ValueError(
+            f"env_kwargs={env_kwargs!r} needs an env id; pass them to the env's constructor instead "
+            f"(env is a {type(env).__name__})"
+        )
     if isinstance(env, VecEnv):
         inner = unwrap_torch_env(env)
         if inner is not None:
@@ -310,20 +346,33 @@ def resolve_env(
     )
 
 
-def make_eval_env(env_id: str, n_envs: int = 1, device: torch.device | str = "cpu", seed: int | None = None) -> VecEnv:
+def make_eval_env(
+    env_id: str,
+    n_envs: int = 1,
+    device: torch.device | str = "cpu",
+    seed: int | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> VecEnv:
     """An SB3 ``VecEnv`` for evaluating agents trained on ``env_id`` (``EvalCallback``, ``evaluate_policy``).
 
     It has SB3's same-step autoreset and the same ``VecEnv`` type as the training env's SB3 face, so
-    ``EvalCallback`` does not warn about differing env types.
+    ``EvalCallback`` does not warn about differing env types. ``env_kwargs`` are those of the training env:
+    the ones that set the task (``max_episode_steps``, Pendulum's ``g``, ...) apply, the ones that only change
+    how a batched env runs (``compile``, ``threads``, ``validate_actions``) do not.
     """
+    kwargs = check_env_kwargs(env_kwargs)
     if env_id in _batched_env_ids():
         import envs
 
-        return to_sb3(envs.make(env_id, num_envs=n_envs, device=device, seed=seed, autoreset_mode="same_step"))
+        kwargs = {k: v for k, v in kwargs.items() if k not in RUNTIME_ENV_KWARGS}
+        return to_sb3(
+            envs.make(env_id, num_envs=n_envs, device=device, seed=seed, autoreset_mode="same_step", **kwargs)
+        )
     if env_id not in gym.registry:
         raise ValueError(f"Unknown env id: {env_id!r}")
     vec = gym.make_vec(
-        env_id, num_envs=n_envs, vectorization_mode="sync", vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}
+        env_id, num_envs=n_envs, vectorization_mode="sync", vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        **kwargs,
     )
     face = VectorEnvToSB3(vec)
     if seed is not None:

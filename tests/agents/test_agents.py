@@ -406,3 +406,52 @@ def test_set_env_switches_the_training_env() -> None:
         model.set_env(envs.make("Pendulum-v1", num_envs=4, autoreset_mode="same_step"))
     model.learn(64, reset_num_timesteps=False)  # the failed switch left the model training on CartPole
     assert model.num_timesteps == 192
+
+
+def test_env_kwargs_reach_the_batched_env_and_set_the_task() -> None:
+    # max_episode_steps changes the task: episodes end (truncated) after 20 steps, and the buffer sees it
+    model = agents.PPO("MlpPolicy", "Pendulum-v1", n_envs=4, n_steps=25, batch_size=100, seed=0,
+                       env_kwargs={"max_episode_steps": 20, "g": 5.0})
+    inner = model._stepper.env  # type: ignore[union-attr]
+    assert inner.max_episode_steps == 20 and inner.g == 5.0
+    model.learn(100)
+    buf = model.rollout_buffer
+    assert buf.dones[19].all() and not buf.dones[:19].any() and not buf.dones[20:].any()
+    assert [ep["l"] for ep in model.ep_info_buffer] == [20] * 4
+    # the evaluation env takes the task's keywords, not the runtime ones
+    eval_env = agents.make_eval_env("Pendulum-v1", n_envs=2, env_kwargs={"max_episode_steps": 20, "g": 5.0,
+                                                                         "validate_actions": False})
+    from agents.common.env_util import unwrap_torch_env
+
+    inner_eval = unwrap_torch_env(eval_env)
+    assert inner_eval is not None
+    assert inner_eval.max_episode_steps == 20 and inner_eval.g == 5.0 and inner_eval.validate_actions
+    # saved with the model
+    assert model.env_kwargs == {"max_episode_steps": 20, "g": 5.0}
+
+
+def test_env_kwargs_reach_gymnasium_envs() -> None:
+    # an id without a batched implementation goes to gymnasium.make_vec, which hands the keywords to the env
+    env_id = "rlopt-test/GymPendulum-v1"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point="gymnasium.envs.classic_control.pendulum:PendulumEnv", max_episode_steps=200)
+    model = agents.A2C("MlpPolicy", env_id, n_envs=2, n_steps=8, seed=0, env_kwargs={"g": 5.0, "max_episode_steps": 5})
+    assert all(e.unwrapped.g == 5.0 for e in model._stepper.env.envs)  # type: ignore[union-attr]
+    model.learn(32)
+    assert [ep["l"] for ep in model.ep_info_buffer] == [5] * 6
+
+
+@pytest.mark.parametrize(
+    ("env", "env_kwargs", "error", "match"),
+    [
+        ("CartPole-v1", {"no_such_keyword": 1}, TypeError, "no_such_keyword"),
+        ("CartPole-v1", {"num_envs": 4}, ValueError, "num_envs"),
+        ("CartPole-v1", ["compile"], TypeError, "env_kwargs"),
+        ("vector_env", {"compile": True}, ValueError, "needs an env id"),
+    ],
+)
+def test_bad_env_kwargs(env: Any, env_kwargs: Any, error: type[Exception], match: str) -> None:
+    if env == "vector_env":
+        env = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync")
+    with pytest.raises(error, match=match):
+        agents.PPO("MlpPolicy", env, n_envs=2, env_kwargs=env_kwargs)

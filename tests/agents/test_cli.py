@@ -36,3 +36,18 @@ def test_train_main_rejects_bad_input(tmp_path: Path) -> None:
         train_main(["ppo", "CartPole-v1", "--total-timesteps", "0", "--log-dir", str(tmp_path)])
     with pytest.raises(ValueError, match="Unknown env id"):
         train_main(["ppo", "NoSuchEnv-v0", "--log-dir", str(tmp_path)])
+
+
+def test_train_main_env_kwargs(tmp_path: Path) -> None:
+    config = tmp_path / "cfg.yaml"
+    config.write_text("n_steps: 8\nbatch_size: 64\nn_epochs: 1\nenv_kwargs: {max_episode_steps: 30, dtype: float32}\n")
+    code = train_main(["ppo", "CartPole-v1", "--n-envs", "8", "--total-timesteps", "64", "--config", str(config),
+                       "--env-kwargs", '{"max_episode_steps": 12}', "--log-dir", str(tmp_path / "runs"),
+                       "--no-progress", "--eval-episodes", "2", "--eval-freq", "0"])
+    assert code == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    model = agents.PPO.load(run_dir / "model.zip")
+    # the command line's keys override the config's, the others stay
+    assert model.env_kwargs == {"max_episode_steps": 12, "dtype": "float32"}
+    with pytest.raises(SystemExit, match="JSON object"):
+        train_main(["ppo", "CartPole-v1", "--env-kwargs", "[12]", "--log-dir", str(tmp_path)])

@@ -217,6 +217,11 @@ def test_bad_input_raises_clear_errors() -> None:
         envs.make("CartPole-v1", num_envs=0)
     with pytest.raises(ValueError, match="dtype"):
         envs.make("CartPole-v1", dtype=torch.int32)
+    with pytest.raises(ValueError, match="'float64'"):
+        envs.make("CartPole-v1", dtype="float16")
+    # config files name dtypes as strings
+    assert envs.make("CartPole-v1", dtype="float32").dtype == torch.float32
+    assert envs.make("CartPole-v1", dtype="torch.float64").dtype == torch.float64
 
 
 def test_continuous_actions_are_clipped_as_gymnasium() -> None:
