@@ -37,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                    help='optimizer keyword arguments as JSON, e.g. \'{"c": 0.5}\'')
     p.add_argument("--n-envs", type=int, default=None, help="number of env copies (default: tuned value)")
     p.add_argument("--env-kwargs", default=None, type=json.loads, metavar="JSON",
-                   help='env keyword arguments as JSON, e.g. \'{"compile": true}\' (one fused kernel per step of a '
-                   "batched env: worth its build time on long runs) or '{\"max_episode_steps\": 200}'")
+                   help='env keyword arguments as JSON, e.g. \'{"max_episode_steps": 200}\' or \'{"compile": true}\' '
+                   "(one fused kernel per step of a batched env: seconds to build, for runs of many batched steps)")
     p.add_argument("--device", default="cpu", help="torch device for the agent and the batched env (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--total-timesteps", type=int, default=None, help="training budget (default: tuned value)")
