@@ -250,7 +250,11 @@ RUNTIME_ENV_KWARGS = frozenset({"compile", "threads", "validate_actions"})
 
 
 def check_env_kwargs(env_kwargs: Any) -> dict[str, Any]:
-    """``env_kwargs`` as a new dict (None: empty); raises ``TypeError`` for anything but a mapping with str keys."""
+    """``env_kwargs`` as a new dict (None: empty).
+
+    Raises ``TypeError`` for anything but a dict with str keys, and ``ValueError`` for the keys the agent sets
+    itself (``num_envs``, ``device``, ``seed``, ``autoreset_mode``).
+    """
     if env_kwargs is None:
         return {}
     if not isinstance(env_kwargs, dict) or not all(isinstance(k, str) for k in env_kwargs):
