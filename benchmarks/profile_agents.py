@@ -4,6 +4,8 @@ Prints, after a warm-up of two updates:
 - rollout and update milliseconds of `agents.PPO` (min and median over ``--reps`` updates);
 - the rollout's per-step split: sampling actions (``policy.act``), the env step (through the agent's
   stepper) and the buffer writes, in microseconds, with the ATen calls each makes (torch.profiler);
+- the kernels of one 2,048-sample minibatch step timed alone, one by one (GEMMs, tanh and its backward,
+  bias-gradient sums), and their sum against the step as a whole;
 - the same update written as a bare single-file PyTorch loop (two 64x64 tanh MLPs, fused Adam, gradient
   clipping, clipped surrogate and value loss on 2,048-sample minibatches), timed interleaved with the
   library's: the library's overhead over plain PyTorch is their difference.
@@ -42,6 +44,36 @@ def _aten_calls(fn: Callable[[], object]) -> int:
     with profile() as prof:
         fn()
     return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+
+
+def _us(fn: Callable[[], object], n: int = 300) -> float:
+    for _ in range(20):
+        fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times) * 1e6
+
+
+def kernel_times(batch: int) -> dict[str, tuple[float, int]]:
+    """(microseconds, count per minibatch step) of the main kernels of the two MLPs' forward and backward."""
+    x, y = torch.randn(batch, 64), torch.randn(batch, 64)
+    w, b = torch.randn(64, 64), torch.randn(64)
+    obs, w_in = torch.randn(batch, 4), torch.randn(4, 64)
+    head_grad, w_head = torch.randn(batch, 2), torch.randn(2, 64)
+    return {
+        "64x64 layer forward (addmm)": (_us(lambda: torch.addmm(b, x, w)), 2),
+        "64x64 input gradient (mm)": (_us(lambda: x @ w), 2),
+        "64x64 weight gradient (mm)": (_us(lambda: x.t() @ y), 2),
+        "input layer forward (addmm, k=4)": (_us(lambda: torch.addmm(b, obs, w_in)), 2),
+        "input layer weight gradient": (_us(lambda: x.t() @ obs), 2),
+        "head input gradient (k=2)": (_us(lambda: head_grad @ w_head), 2),
+        "tanh": (_us(lambda: torch.tanh(x)), 4),
+        "tanh backward": (_us(lambda: torch.ops.aten.tanh_backward(x, y)), 4),
+        "bias gradient (sum over the batch)": (_us(lambda: x.sum(0)), 4),
+    }
 
 
 def bare_update(n_samples: int, batch_size: int, n_epochs: int, clip: float, seed: int = 0) -> Callable[[], None]:
@@ -117,6 +149,13 @@ def main() -> None:
     print(f"rollout:                {_ms(rollout)}")
     print(f"update (agents.PPO):    {_ms(update)}")
     print(f"update (bare PyTorch):  {_ms(plain)}")
+
+    kernels = kernel_times(model.batch_size)
+    total = sum(us * count for us, count in kernels.values())
+    per_step = min(update) / (model.n_epochs * -(-n_samples // model.batch_size)) * 1e6
+    print(f"kernels of one {model.batch_size}-sample minibatch step, timed alone: "
+          + ", ".join(f"{name} {us:.0f} us x{count}" for name, (us, count) in kernels.items()))
+    print(f"  sum {total / 1e3:.2f} ms, against {per_step / 1e3:.2f} ms per minibatch step in agents.PPO's update")
 
     # the rollout loop's three parts, step by step (as in OnPolicyAgent.collect_rollouts)
     policy, stepper, buf = model.policy, model._stepper, model.rollout_buffer
