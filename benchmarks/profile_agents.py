@@ -175,6 +175,8 @@ def main() -> None:
             t2 = time.perf_counter()
             dones = out.terminated | out.truncated
             buf.add(step, obs, actions, log_probs, out.reward, out.terminated, dones, out.valid)
+            if out.final_mask is not None and out.final_obs is not None:
+                buf.add_final_observations(step, out.final_mask & out.truncated, out.final_obs)
             obs = out.obs
             t3 = time.perf_counter()
             parts["act"] += t1 - t0
