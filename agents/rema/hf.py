@@ -3,13 +3,14 @@
 Needs the optional extra ``llm`` (``pip install "rlopt[llm]"``); ``transformers`` is imported lazily, so the
 rest of ReMA works without it.
 
-Generation runs the model's own forward with its KV cache (``past_key_values``) in the shared sampling loop
+Generation runs the model's own forward with its KV cache in the shared sampling loop
 of :meth:`Policy.generate`, with left-padded prompts and explicit ``position_ids`` so each token has the
 position it has in an unpadded forward; log-probs are one forward over the right-padded sequence.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import Tensor, nn
@@ -67,6 +68,9 @@ class HFPolicy(Policy):
         self.tokenizer = tokenizer
         self.eos_id = int(eos)
         self.pad_id = int(pad)
+        # transformers 5.x names the KV cache argument and output field ``cache`` (``past_key_values`` warns);
+        # 4.x knows only ``past_key_values``
+        self._cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         context: Any = max_length or getattr(model.config, "max_position_embeddings", None) or 2048
         self.max_length = int(context)
 
@@ -85,5 +89,5 @@ class HFPolicy(Policy):
     ) -> tuple[Tensor, Cache]:
         """See :meth:`Policy.forward_logits` (the model's forward with ``use_cache=True``)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
-        return out.logits, out.past_key_values
+                         use_cache=True, **{self._cache_name: cache})
+        return out.logits, out[self._cache_name]
