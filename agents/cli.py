@@ -21,7 +21,7 @@ ALGORITHMS = ("PPO", "A2C", "REINFORCE")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from agents.common.optim import OPTIMIZER_NAMES
+    from rlopt.agents.common.optim import OPTIMIZER_NAMES
 
     p = argparse.ArgumentParser(
         prog="rlopt train",
@@ -63,7 +63,7 @@ def _load_config(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         raise FileNotFoundError(f"--config: no such file: {path}")
-    from agents.hyperparams import parse_schedules
+    from rlopt.agents.hyperparams import parse_schedules
 
     with open(path) as f:
         data = yaml.safe_load(f) or {}
@@ -128,12 +128,15 @@ def _periodic_evaluation(eval_env: Any, threshold: float | None, n_episodes: int
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    """Entry point of ``rlopt train``; returns the exit status."""
+    """Train a policy-gradient agent (PPO, A2C, REINFORCE/GPOMDP) with any step-size rule.
+
+    Entry point of ``rlopt train``; returns the exit status.
+    """
     args = _parser().parse_args(argv)
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    import agents
-    from agents.hyperparams import hyperparams
+    from rlopt import agents
+    from rlopt.agents.hyperparams import hyperparams
 
     kwargs = hyperparams(args.algo, args.env, args.optimizer)
     if args.config is not None:

@@ -12,7 +12,7 @@ approximate KL before the minibatch step and skips it; here the check uses the c
 and stops after that step.
 
 Example:
-    >>> from agents.sb3 import PPO
+    >>> from rlopt.agents.sb3 import PPO
     >>> model = PPO("MlpPolicy", "CartPole-v1", optimizer="sls", n_steps=64, batch_size=32, n_epochs=1, seed=0)
     >>> model = model.learn(64)
     >>> type(model.policy.optimizer).__name__
@@ -29,7 +29,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.utils import explained_variance
 
-from agents.common.optim import build_optimizer, check_optimizer, step_stats
+from rlopt.agents.common.optim import build_optimizer, check_optimizer, step_stats
 
 __all__ = ["PPO"]
 

@@ -92,8 +92,8 @@ def run_sb3(seed: int, eval_env: Any) -> StopAtTarget:
 
 
 def run_ours(seed: int, optimizer: str, eval_env: Any, budget: int) -> StopAtTarget:
-    import agents
-    from agents.hyperparams import hyperparams
+    from rlopt import agents
+    from rlopt.agents.hyperparams import hyperparams
 
     kwargs = hyperparams("PPO", "CartPole-v1", optimizer)
     kwargs.pop("total_timesteps", None)
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2",
                         help="torch intra-op thread counts for agents.PPO, comma-separated (one row each)")
     args = parser.parse_args()
-    import agents
+    from rlopt import agents
 
     thread_counts = [int(t) for t in args.threads.split(",")]
     if any(t < 1 for t in thread_counts):

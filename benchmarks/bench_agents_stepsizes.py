@@ -84,8 +84,8 @@ class Curve(BaseCallback):
 
 def run(env_id: str, optimizer: str, kwargs: dict[str, Any], seed: int, settings: dict[str, float]) -> dict[str, Any]:
     """One training run; returns its evaluation curve and, if reached, the steps and train seconds to target."""
-    import agents
-    from agents.hyperparams import hyperparams
+    from rlopt import agents
+    from rlopt.agents.hyperparams import hyperparams
 
     params = hyperparams("REINFORCE", env_id)
     params.pop("total_timesteps", None)
@@ -101,8 +101,8 @@ def run(env_id: str, optimizer: str, kwargs: dict[str, Any], seed: int, settings
 
 def trace(env_id: str, optimizer: str, seed: int, steps: int, n_envs: int) -> None:
     """Print the return estimate and the step taken at each update of one short run (no evaluation)."""
-    import agents
-    from agents.hyperparams import hyperparams
+    from rlopt import agents
+    from rlopt.agents.hyperparams import hyperparams
 
     params = hyperparams("REINFORCE", env_id)
     params.pop("total_timesteps", None)

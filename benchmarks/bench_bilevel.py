@@ -74,8 +74,8 @@ def solve(
     """
     import warnings
 
-    from bilevel import BilevelSolver
-    from bilevel.problems import DataHyperCleaning
+    from rlopt.bilevel import BilevelSolver
+    from rlopt.bilevel.problems import DataHyperCleaning
 
     problem = DataHyperCleaning(
         corruption=args.corruption, lower_batch_size=args.batch_size, upper_batch_size=args.batch_size, seed=seed
@@ -371,8 +371,8 @@ CHILD = r'''
 import json, sys, time, statistics
 import torch
 torch.set_num_threads(1)
-from bilevel import hypergradient
-from bilevel.problems import DataHyperCleaning
+from rlopt.bilevel import hypergradient
+from rlopt.bilevel.problems import DataHyperCleaning
 cfg = json.loads(sys.argv[1])
 p = DataHyperCleaning(corruption=0.5, dtype=torch.float64, seed=0)
 x = p.initial_x() + 0.1 * torch.randn(p.n_lower, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-import envs
+from rlopt import envs
 
 DEFAULT = ["Acrobot-v1:64", "CartPole-v1:128", "Pendulum-v1:32"]
 

@@ -3,8 +3,8 @@
 Every backend steps the same environment at the same batch size (num_envs copies, random valid actions,
 autoreset on) in one run, and the table prints ratios against the peers a user would otherwise pick:
 
-* ``eager`` / ``compiled``: `envs.make(..., compile=False/True)` on ``--device``, stepping on the env's
-  default threads (one below 65536 copies) or ``--env-threads`` (the ``threads=`` option of `envs.make`).
+* ``eager`` / ``compiled``: `rlopt.envs.make(..., compile=False/True)` on ``--device``, stepping on the env's
+  default threads (one below 65536 copies) or ``--env-threads`` (the ``threads=`` option of `rlopt.envs.make`).
 * ``gym-sync``: ``gymnasium.vector.SyncVectorEnv`` (one Python env object per copy).
 * ``gym-async``: ``gymnasium.vector.AsyncVectorEnv`` (one process per copy; only up to ``--max-async``).
 * ``envpool``: ``envpool.make_gymnasium(..., num_threads=--envpool-threads)`` (C++ thread pool).
@@ -34,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import envs
+from rlopt import envs
 
 SIZES = [1, 64, 1024, 4096, 65536]
 

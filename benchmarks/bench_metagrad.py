@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from bilevel import BilevelSolver
-from bilevel.problems import MetaGradientRL
-from bilevel.problems.metagrad import METRIC_NAMES
+from rlopt.bilevel import BilevelSolver
+from rlopt.bilevel.problems import MetaGradientRL
+from rlopt.bilevel.problems.metagrad import METRIC_NAMES
 
 
 def make_problem(args: argparse.Namespace, seed: int, init: float) -> MetaGradientRL:

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_optim_convergence.py [--epochs 20] [--seeds 0 1 2] [--out runs/bench_optim_full]
 
-Part 1 (``rlopt.compare``): a digits MLP and a breast-cancer logistic regression. Every rlopt rule at its
+Part 1 (``rlopt.tools.compare``): a digits MLP and a breast-cancer logistic regression. Every rlopt rule at its
 defaults against SGD and Adam at the best of a 7-point learning-rate grid: median epochs to a target training
 loss over seeds, the final loss, forward passes per step, and the number of runs tuning needed.
 Part 2: separable logistic regression (generated, no finite minimiser): how far each line search drives the
@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from rlopt import compare
+from rlopt.tools import compare
 
 
 def separable_logistic(epochs: int, seed: int = 0) -> None:

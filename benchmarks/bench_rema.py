@@ -39,8 +39,8 @@ NAMES = {"rema": "ReMA", "rema_filter": "ReMA + prompt filter", "vrp": "VRP_RL",
 def run(mode: str, seed: int, args: dict[str, Any]) -> dict[str, Any]:
     """One warm start + RL run; returns its history and timings."""
     torch.set_num_threads(1)
-    from agents.rema import ReMA, TinyConfig
-    from envs.reasoning import make_split
+    from rlopt.agents.rema import ReMA, TinyConfig
+    from rlopt.envs.reasoning import make_split
 
     filtered = mode == "rema_filter"
     agent = ReMA(mode="rema" if filtered else mode, algorithm=args["algorithm"],
@@ -81,7 +81,7 @@ def _at_tokens(history: list[dict[str, float]], budget: float, key: str) -> floa
 def throughput(device: str, batch: int = 256, new_tokens: int = 64, repeats: int = 5) -> dict[str, float]:
     """Tokens/s of the built-in sampler and of HF generate for equal-size models: the median of ``repeats``
     batches, the two samplers interleaved so that both see the same background load."""
-    from agents.rema import TinyConfig, TinyPolicy
+    from rlopt.agents.rema import TinyConfig, TinyPolicy
 
     policy = TinyPolicy(TinyConfig(d_model=64, n_layers=2, max_length=192), seed=0).to(device)
     prompt = policy.encode_chat([{"role": "system", "content": "solve"}, {"role": "user", "content": "3+4*2-7|211"}])

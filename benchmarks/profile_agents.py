@@ -1,7 +1,7 @@
 """Where a PPO update's time goes on CartPole-v1 at the tuned defaults (agents/hyperparams.yaml).
 
 Prints, after a warm-up of two updates:
-- rollout and update milliseconds of `agents.PPO` (min and median over ``--reps`` updates);
+- rollout and update milliseconds of `rlopt.agents.PPO` (min and median over ``--reps`` updates);
 - the rollout's per-step split: sampling actions (``policy.act``), the env step (through the agent's
   stepper) and the buffer writes, in microseconds, with the ATen calls each makes (torch.profiler);
 - the kernels of one 2,048-sample minibatch step timed alone, one by one (GEMMs, tanh and its backward,
@@ -25,8 +25,8 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
-import agents
-from agents.hyperparams import hyperparams
+from rlopt import agents
+from rlopt.agents.hyperparams import hyperparams
 
 
 class _Continue(BaseCallback):

@@ -3,7 +3,7 @@
 Public contract: :func:`hypergradient` (methods ``"itd"``, ``"higher"``, ``"cg"``, ``"neumann"``,
 ``"exact"``), :class:`BilevelSolver` (stocBiO, AmIGO, SOBA, a generic double loop; per level ``"sgd"``,
 ``"adam"``, ``"bisls"``, ``"bisps"`` or any rlopt optimizer), the linear solvers in
-:mod:`bilevel.linear_solvers` and the problems in :mod:`bilevel.problems`.
+:mod:`rlopt.bilevel.linear_solvers` and the problems in :mod:`rlopt.bilevel.problems`.
 
 BiSLS / BiSPS as implemented here (Fan, Choné-Ducasse, Schmidt & Thrampoulidis, "BiSLS/SPS: Auto-tune Step
 Sizes for Stable Bi-level Optimization", NeurIPS 2023). The paper body could not be read when this was
@@ -36,7 +36,7 @@ are marked (*choice*).
   search along Adam's preconditioned direction (``lr_b`` 0.3 upper, 0.1 lower: Adam's steps are per coordinate).
 """
 
-from bilevel.hypergradients import (
+from rlopt.bilevel.hypergradients import (
     HYPERGRADIENT_METHODS,
     CGConfig,
     ExactConfig,
@@ -47,7 +47,7 @@ from bilevel.hypergradients import (
     hypergradient,
     register_hypergradient,
 )
-from bilevel.solver import ALGORITHMS, BilevelHistory, BilevelSolver
+from rlopt.bilevel.solver import ALGORITHMS, BilevelHistory, BilevelSolver
 
 __all__ = [
     "ALGORITHMS",

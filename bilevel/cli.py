@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from bilevel.hypergradients import HYPERGRADIENT_METHODS
-from bilevel.problems import PROBLEMS, BilevelProblem, MetaGradientRL
-from bilevel.solver import ALGORITHMS, RULES, BilevelHistory, BilevelSolver
+from rlopt.bilevel.hypergradients import HYPERGRADIENT_METHODS
+from rlopt.bilevel.problems import PROBLEMS, BilevelProblem, MetaGradientRL
+from rlopt.bilevel.solver import ALGORITHMS, RULES, BilevelHistory, BilevelSolver
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -140,7 +140,10 @@ def save_summary_png(history: BilevelHistory, path: Path, title: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``rlopt bilevel``; returns the process exit status."""
+    """Solve a bilevel problem (hyper-cleaning, regularization, ...) with BiSLS/BiSPS step sizes.
+
+    Entry point of ``rlopt bilevel``; returns the process exit status.
+    """
     return run(build_parser().parse_args(argv))
 
 

@@ -34,9 +34,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jacrev
 
-from bilevel import _tree
-from bilevel._tree import Tree
-from bilevel.linear_solvers import conjugate_gradient, dense_solve, neumann_series
+from rlopt.bilevel import _tree
+from rlopt.bilevel._tree import Tree
+from rlopt.bilevel.linear_solvers import conjugate_gradient, dense_solve, neumann_series
 
 LossFn = Callable[[Any, Any], Tensor]
 """``(x, y) -> scalar tensor``: the upper loss ``f`` or the lower loss ``g``."""
@@ -509,7 +509,7 @@ def _higher(upper: LossFn, lower: LossFn, x: Tree, y: Tree, config: HigherConfig
         import higher
     except ImportError as err:
         raise ImportError(
-            "method 'higher' needs the optional package `higher` (pip install higher, or the rlopt[higher] "
+            "method 'higher' needs the optional package `higher` (pip install higher, or the torch-rlopt[higher] "
             "extra); method 'itd' computes the same hypergradient with torch.func"
         ) from err
     tracked = config.truncate if config.truncate is not None else config.steps

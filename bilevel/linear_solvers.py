@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bilevel import _tree
-from bilevel._tree import Tree
+from rlopt.bilevel import _tree
+from rlopt.bilevel._tree import Tree
 
 MatVec = Callable[[Tree], Tree]
 

@@ -1,7 +1,7 @@
 """Stochastic bilevel solvers (stocBiO, AmIGO, SOBA, a generic double loop) with a step-size rule per level.
 
 Problem: ``min_x F(x) = f(x, y*(x))``, ``y*(x) = argmin_y g(x, y)``, with minibatches of both losses (see
-:class:`bilevel.problems.BilevelProblem`). Notation: ``H = ∇²_yy g``, ``v ≈ H⁻¹ ∇_y f``,
+:class:`rlopt.bilevel.problems.BilevelProblem`). Notation: ``H = ∇²_yy g``, ``v ≈ H⁻¹ ∇_y f``,
 ``d = ∇_x f - ∇²_xy g v`` (the hypergradient estimate).
 
 Algorithms (one outer step each):
@@ -34,14 +34,14 @@ Step sizes per level (``upper=`` / ``lower=``):
 - ``"sgd"``, ``"adam"``: ``torch.optim`` with ``lr = upper_lr`` / ``lower_lr``.
 - ``"bisls"``: lower level ``rlopt.SLS`` with ``envelope=InvSqrt(lower_lr)`` (SLSB: Armijo backtracking with
   the reset rule, capped by ``u_k = lr_b / sqrt(k + 1)``, ``k`` counting lower steps over the whole run);
-  upper level :class:`bilevel.upper_rules.ArmijoSearch` (``upper_lr`` is its ``lr_b``).
-- ``"bisps"``: lower ``rlopt.SPS`` with the envelope (SPSB), upper :class:`bilevel.upper_rules.PolyakStep`.
+  upper level :class:`rlopt.bilevel.upper_rules.ArmijoSearch` (``upper_lr`` is its ``lr_b``).
+- ``"bisps"``: lower ``rlopt.SPS`` with the envelope (SPSB), upper :class:`rlopt.bilevel.upper_rules.PolyakStep`.
   On both levels the capped Polyak step is, by default, the first trial of an Armijo test (``search=True``
   of both; on the upper level with the safeguard slack and the line model of BiSLS) and is backtracked when
   it fails the test; ``lower_options={"search": False}`` / ``upper_options={"search": False}`` give the
   evaluation-free rules. Why: with ``f* = 0`` both Polyak steps sit on their envelopes from the first steps
   on, so without a test BiSPS is plain SGD on the envelope schedules, and the large first steps of that
-  schedule go unchecked (see :class:`bilevel.upper_rules.PolyakStep`).
+  schedule go unchecked (see :class:`rlopt.bilevel.upper_rules.PolyakStep`).
 - ``"bisls-adam"``, ``"bisps-adam"``: the Adam versions: lower rule with ``precondition="adam"``, upper rule
   along Adam's direction (``precondition="adam"`` of the upper rules).
 - any name of ``rlopt.OPTIMIZERS`` or a ``torch.optim.Optimizer`` class / factory ``params -> optimizer``
@@ -67,8 +67,8 @@ sweep that leaves ``y`` non-finite is undone and counted in ``lower_skipped``; a
 loss skips the upper step (``upper_skipped``).
 
 Example:
-    >>> from bilevel import BilevelSolver
-    >>> from bilevel.problems import Ridge
+    >>> from rlopt.bilevel import BilevelSolver
+    >>> from rlopt.bilevel.problems import Ridge
     >>> solver = BilevelSolver(Ridge(), algorithm="stocbio", upper="bisls", lower="bisls", seed=0)
     >>> history = solver.run(outer_steps=5)
     >>> len(history.records), sorted(history.records[-1])[:3]
@@ -87,12 +87,12 @@ import torch
 from torch import Tensor
 
 import rlopt
-from bilevel import _tree
-from bilevel._tree import Tree
-from bilevel.hypergradients import HYPERGRADIENT_METHODS, ImplicitSystem, NonFiniteError, hypergradient
-from bilevel.linear_solvers import conjugate_gradient, neumann_series, richardson
-from bilevel.problems.base import BilevelProblem
-from bilevel.upper_rules import ArmijoSearch, PolyakStep, UpperStep
+from rlopt.bilevel import _tree
+from rlopt.bilevel._tree import Tree
+from rlopt.bilevel.hypergradients import HYPERGRADIENT_METHODS, ImplicitSystem, NonFiniteError, hypergradient
+from rlopt.bilevel.linear_solvers import conjugate_gradient, neumann_series, richardson
+from rlopt.bilevel.problems.base import BilevelProblem
+from rlopt.bilevel.upper_rules import ArmijoSearch, PolyakStep, UpperStep
 
 ALGORITHMS = ("stocbio", "amigo", "soba", "double_loop", "lookahead")
 RULES = ("sgd", "adam", "bisls", "bisps", "bisls-adam", "bisps-adam")
@@ -155,7 +155,7 @@ class BilevelSolver:
     """Run a stochastic bilevel algorithm with a step-size rule on each level (see module docstring).
 
     Args:
-        problem: a :class:`bilevel.problems.BilevelProblem`.
+        problem: a :class:`rlopt.bilevel.problems.BilevelProblem`.
         algorithm: ``"stocbio"``, ``"amigo"``, ``"soba"``, ``"double_loop"`` or ``"lookahead"`` (those in
             ``problem.algorithms`` when the problem restricts them).
         upper: step-size rule of the upper level (``"sgd"``, ``"adam"``, ``"bisls"``, ``"bisps"``, an rlopt
@@ -169,13 +169,13 @@ class BilevelSolver:
         inner_steps: lower steps per outer step (double-loop algorithms; SOBA takes one).
         linear_steps: Hessian-vector products for ``v`` (stocBiO, AmIGO) and for the linear response.
         linear_lr: ``η`` of the Neumann/Richardson iterations, or ``"auto"``.
-        hypergrad: method for ``"double_loop"`` (a name of :data:`bilevel.HYPERGRADIENT_METHODS`).
+        hypergrad: method for ``"double_loop"`` (a name of :data:`rlopt.bilevel.HYPERGRADIENT_METHODS`).
         hypergrad_options: its options.
         response: upper line model, ``"linear"`` or ``"fixed"`` (see module docstring).
         seed: seed of the minibatch stream (a ``torch.Generator``; global RNGs are untouched).
 
     Example:
-        >>> from bilevel.problems import Ridge
+        >>> from rlopt.bilevel.problems import Ridge
         >>> h = BilevelSolver(Ridge(), algorithm="amigo", upper="adam", lower="sgd").run(outer_steps=3)
         >>> len(h.records)
         3

@@ -2,7 +2,7 @@
 
 The upper objective ``F(x) = f(x, y*(x))`` cannot be evaluated exactly at trial points (that would need
 ``y*`` at each), so the rules work on a *line model* ``φ(α) ≈ F(x - α d)`` given by the caller (see
-:class:`bilevel.BilevelSolver` for the models used: ``y`` held fixed, or ``y`` moved along its first-order
+:class:`rlopt.bilevel.BilevelSolver` for the models used: ``y`` held fixed, or ``y`` moved along its first-order
 response). Both rules bound the step by a non-increasing envelope ``u_k`` (Fan et al., NeurIPS 2023).
 
 - :class:`ArmijoSearch` (upper level of BiSLS): backtrack ``α ← β α`` from
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bilevel import _tree
-from bilevel._tree import Tree
+from rlopt.bilevel import _tree
+from rlopt.bilevel._tree import Tree
 from rlopt.envelope import Envelope, InvSqrt
 from rlopt.rules.polyak import polyak_step
 
@@ -234,7 +234,7 @@ class PolyakStep:
     is still far off in the first outer steps. On data hyper-cleaning such first steps push many
     ``σ(λ_i)`` into saturation, where their hypergradient vanishes and they stay. The test costs the
     linear response of the line model (one mixed product and ``linear_steps`` Hessian-vector products in
-    :class:`bilevel.BilevelSolver`) and one upper forward per trial; where ``α_0`` passes, the step is the
+    :class:`rlopt.bilevel.BilevelSolver`) and one upper forward per trial; where ``α_0`` passes, the step is the
     paper's. Every trial is ``<= u_k`` and ``>= 0``, as without the test.
 
     Args:

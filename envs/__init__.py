@@ -1,6 +1,6 @@
 """Tensor-batched environments that run many copies in one tensor op on any torch device.
 
-``envs.make(env_id, num_envs, device, seed)`` gives a `TorchVecEnv` (a ``gymnasium.vector.VectorEnv``)
+``rlopt.envs.make(env_id, num_envs, device, seed)`` gives a `TorchVecEnv` (a ``gymnasium.vector.VectorEnv``)
 for CartPole-v1, Acrobot-v1, MountainCar-v0, MountainCarContinuous-v0 and Pendulum-v1, step for step
 identical to Gymnasium's; `SB3VecEnv` adapts one to stable-baselines3; `check_env` checks the contract.
 """
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from envs.classic import AcrobotEnv, CartPoleEnv, MountainCarContinuousEnv, MountainCarEnv, PendulumEnv
-from envs.core import TorchVecEnv
-from envs.registry import make, registered_ids
+from rlopt.envs.classic import AcrobotEnv, CartPoleEnv, MountainCarContinuousEnv, MountainCarEnv, PendulumEnv
+from rlopt.envs.core import TorchVecEnv
+from rlopt.envs.registry import make, registered_ids
 
 if TYPE_CHECKING:
-    from envs.checker import check_env
-    from envs.sb3 import SB3VecEnv
+    from rlopt.envs.checker import check_env
+    from rlopt.envs.sb3 import SB3VecEnv
 
 __all__ = [
     "AcrobotEnv",
@@ -34,11 +34,11 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # stable_baselines3 is imported only by its adapter, and only when asked for.
     if name == "SB3VecEnv":
-        from envs.sb3 import SB3VecEnv
+        from rlopt.envs.sb3 import SB3VecEnv
 
         return SB3VecEnv
     if name == "check_env":
-        from envs.checker import check_env
+        from rlopt.envs.checker import check_env
 
         return check_env
-    raise AttributeError(f"module 'envs' has no attribute {name!r}")
+    raise AttributeError(f"module 'rlopt.envs' has no attribute {name!r}")

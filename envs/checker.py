@@ -10,7 +10,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from envs.core import TorchVecEnv
+from rlopt.envs.core import TorchVecEnv
 
 __all__ = ["check_env"]
 
@@ -112,7 +112,7 @@ def check_env(env: TorchVecEnv, seed: int = 0) -> None:
         seed: seed used for the determinism checks.
 
     Example:
-        >>> import envs
+        >>> from rlopt import envs
         >>> envs.check_env(envs.make("MountainCar-v0", num_envs=4, max_episode_steps=20))
     """
     _require(isinstance(env, TorchVecEnv), env, f"must be a TorchVecEnv, got {type(env).__name__}")

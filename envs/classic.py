@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.core import TorchVecEnv, angle_normalize
+from rlopt.envs.core import TorchVecEnv, angle_normalize
 
 __all__ = ["AcrobotEnv", "CartPoleEnv", "MountainCarContinuousEnv", "MountainCarEnv", "PendulumEnv"]
 

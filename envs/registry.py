@@ -1,4 +1,4 @@
-"""`envs.make`: build a tensor-batched environment by its Gymnasium id."""
+"""`rlopt.envs.make`: build a tensor-batched environment by its Gymnasium id."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from gymnasium.vector import AutoresetMode
 
-from envs.classic import ENV_CLASSES
-from envs.core import TorchVecEnv
+from rlopt.envs.classic import ENV_CLASSES
+from rlopt.envs.core import TorchVecEnv
 
 __all__ = ["make", "registered_ids"]
 
@@ -44,7 +44,7 @@ def make(
         The `TorchVecEnv`; call ``reset()`` before ``step()``.
 
     Example:
-        >>> import envs
+        >>> from rlopt import envs
         >>> env = envs.make("Pendulum-v1", num_envs=16, seed=0, autoreset_mode="same_step")
         >>> obs, info = env.reset()
         >>> obs.shape, env.metadata["autoreset_mode"].name

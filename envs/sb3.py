@@ -13,7 +13,7 @@ from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from envs.core import TorchVecEnv
+from rlopt.envs.core import TorchVecEnv
 
 __all__ = ["SB3VecEnv"]
 

@@ -2,7 +2,7 @@
 
 The whole algorithm on one page: a rollout of ``num_steps`` steps of ``num_envs`` copies that never leaves
 the device, GAE that bootstraps truncated episodes from their true final observation, and ``update_epochs``
-passes of clipped-surrogate minibatch steps. ``agents.PPO`` computes exactly this (the tests check the two
+passes of clipped-surrogate minibatch steps. ``rlopt.agents.PPO`` computes exactly this (the tests check the two
 agree parameter for parameter on the same seed); read this file to see what it does.
 
 Run:
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import envs
+from rlopt import envs
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The ``rlopt`` command line: the one place that sees every layer (each subcommand imports lazily).
+"""The ``rlopt`` command: a dispatcher over the subcommands that installed packages register.
 
     rlopt train [ALGO] [ENV]   train a policy-gradient agent (default: PPO on batched CartPole-v1)
     rlopt bilevel PROBLEM      solve a bilevel problem with BiSLS/BiSPS (or SGD/Adam) step sizes
@@ -6,122 +6,120 @@
     rlopt bench optim          tuning-free step sizes vs tuned SGD/Adam on bundled datasets
     rlopt plot RUN_DIR         plot the TensorBoard scalars of a run directory to a PNG
 
-Every subcommand documents its options under ``--help``. ``train``, ``bilevel`` and ``rema`` hand their
-arguments to the package that implements them, imported only when the command runs.
+A subcommand is an entry point in the group ``rlopt.commands`` whose object is a function
+``main(argv: list[str]) -> int``; the first line of its docstring is its one-line help. Each package registers
+its own in ``pyproject.toml`` (the core names none of them), and any installed distribution can add one::
+
+    [project.entry-points."rlopt.commands"]
+    mycommand = "mypackage.cli:main [extra]"
+
+The bracket names the extras the command needs: when one of their requirements is not installed, ``rlopt``
+prints one line naming the extra instead of an import traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import re
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from importlib import metadata
 
-__all__ = ["main"]
+__all__ = ["ENTRY_POINT_GROUP", "commands", "main", "missing_requirements"]
 
+ENTRY_POINT_GROUP = "rlopt.commands"
 
-def _bench_optim(args: argparse.Namespace) -> int:
-    from rlopt import compare
+Command = Callable[[list[str]], int]
 
-    epochs = 8 if args.quick else args.epochs
-    seeds = tuple(args.seeds[:1]) if args.quick else tuple(args.seeds)
-    out = Path(args.out)
-    results = compare.compare(tuple(args.tasks), epochs=epochs, seeds=seeds,
-                              log_dir=None if args.no_tensorboard else out / "tensorboard",
-                              progress=not args.no_progress)
-    rows = compare.summary_rows(results)
-    print(compare.format_rows(rows))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(
-        [{k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in r.items()} for r in rows],
-        indent=2))
-    png = compare.plot(results, out / "bench_optim.png")
-    print(f"\nplot: {png}\nsummary: {out / 'summary.json'}")
-    if not args.no_tensorboard:
-        print(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
-    return 0
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_EXTRA = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
 
 
-def _plot(args: argparse.Namespace) -> int:
-    from rlopt.plotting import plot_run
-
-    png = plot_run(args.run_dir, args.out, tags=args.tags)
-    print(f"plot: {png}")
-    return 0
-
-
-def _delegate(command: str, argv: list[str]) -> int:
-    """Run a subcommand implemented by another package (imported here, lazily)."""
-    if command == "train":
-        from agents.cli import train_main
-
-        return train_main(argv)
-    if command == "bilevel":
-        from bilevel.cli import main as bilevel_main
-
-        return bilevel_main(argv)
-    from agents.rema.cli import main as rema_main
-
-    return rema_main(argv)
+def commands() -> dict[str, metadata.EntryPoint]:
+    """The registered subcommands by name (the first registration of a name wins)."""
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)
+    return dict(sorted(found.items()))
 
 
-#: subcommands whose parser lives in the package that implements them: name -> one-line help
-DELEGATED = {
-    "train": "train a policy-gradient agent (PPO, A2C, REINFORCE/GPOMDP) with any step-size rule",
-    "bilevel": "solve a bilevel problem (hyper-cleaning, regularization, ...) with BiSLS/BiSPS step sizes",
-    "rema": "train ReMA: a meta-thinking agent and a reasoning agent, by multi-agent RL",
-}
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def missing_requirements(ep: metadata.EntryPoint) -> dict[str, list[str]]:
+    """``{extra: [requirement names not installed]}`` for the extras that ``ep`` declares it needs."""
+    if not ep.extras or ep.dist is None:
+        return {}
+    wanted = {_normalize(e) for e in ep.extras}
+    missing: dict[str, list[str]] = {}
+    for requirement in ep.dist.requires or []:
+        spec, _, marker = requirement.partition(";")
+        extra = _EXTRA.search(marker)
+        name = _NAME.match(spec)
+        if extra is None or name is None or _normalize(extra.group(1)) not in wanted:
+            continue
+        try:
+            metadata.distribution(name.group(1))
+        except metadata.PackageNotFoundError:
+            missing.setdefault(extra.group(1), []).append(name.group(1))
+    return missing
+
+
+def _install_hint(ep: metadata.EntryPoint, missing: dict[str, list[str]]) -> str:
+    dist = ep.dist.metadata["Name"] if ep.dist is not None else "torch-rlopt"
+    extras = ",".join(missing)
+    names = ", ".join(n for names in missing.values() for n in names)
+    return f"rlopt {ep.name}: needs the extra '{extras}' ({names} not installed): pip install '{dist}[{extras}]'"
+
+
+def _load(ep: metadata.EntryPoint) -> Command:
+    """The command's function, or ``SystemExit`` with one line when an extra it needs is not installed."""
+    missing = missing_requirements(ep)
+    if missing:
+        raise SystemExit(_install_hint(ep, missing))
+    try:
+        func: Command = ep.load()
+    except ImportError as error:
+        raise SystemExit(f"rlopt {ep.name}: cannot import {ep.value}: {error}") from error
+    return func
+
+
+def _summary(ep: metadata.EntryPoint) -> str:
+    """One line of help for the command list (imports the command's module)."""
+    missing = missing_requirements(ep)
+    if missing:
+        return f"(needs the extra '{','.join(missing)}')"
+    try:
+        func = ep.load()
+    except ImportError as error:
+        return f"(cannot import: {error})"
+    doc = (func.__doc__ or "").strip().splitlines()
+    return doc[0].rstrip(".") if doc else ""
+
+
+def _parser(found: dict[str, metadata.EntryPoint], describe: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rlopt", description="Tuning-free step sizes for PyTorch: benchmarks, training and plots.",
+        prog="rlopt", description="Tuning-free step sizes for PyTorch: training, bilevel solvers, benchmarks, plots.",
+        epilog="rlopt COMMAND --help explains every option of COMMAND.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, text in DELEGATED.items():
-        sub.add_parser(name, help=f"{text} (see rlopt {name} --help)", add_help=False)
-
-    bench = sub.add_parser("bench", help="run a benchmark")
-    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
-    optim = bench_sub.add_parser(
-        "optim",
-        help="step-size rules at defaults vs SGD/Adam at the best of a 7-point learning-rate grid",
-        description="Train a digits MLP and a breast-cancer logistic regression (scikit-learn's bundled data) "
-        "with SLS, AdaSLS, SPS, DecSPS and PoNoS at their defaults, and with SGD and Adam at each of 7 "
-        "learning rates; print epochs to a target training loss, save a PNG of loss and step size, a JSON "
-        "summary and TensorBoard logs.",
-    )
-    optim.add_argument("--tasks", nargs="+", default=["digits", "breast_cancer"],
-                       choices=["digits", "breast_cancer"], help="datasets (default: both)")
-    optim.add_argument("--epochs", type=int, default=30, help="epochs per run (default: 30)")
-    optim.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    optim.add_argument("--quick", action="store_true", help="8 epochs, first seed only")
-    optim.add_argument("--out", default="runs/bench_optim", help="output directory (default: runs/bench_optim)")
-    optim.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
-    optim.add_argument("--no-progress", action="store_true", help="no progress bar")
-    optim.set_defaults(func=_bench_optim)
-
-    plot = sub.add_parser("plot", help="plot the TensorBoard scalars of a run directory",
-                          description="Read every TensorBoard event file under RUN_DIR and draw one panel per "
-                          "scalar tag into a PNG.")
-    plot.add_argument("run_dir", help="directory containing TensorBoard event files (searched recursively)")
-    plot.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/scalars.png)")
-    plot.add_argument("--tags", nargs="*", default=None, help="only these scalar tags (default: all)")
-    plot.set_defaults(func=_plot)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, ep in found.items():
+        sub.add_parser(name, help=_summary(ep) if describe else None, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rlopt`` command."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] in DELEGATED:
-        return _delegate(args_list[0], args_list[1:])
-    parser = _build_parser()
-    args = parser.parse_args(args_list)
-    func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    """Entry point of the ``rlopt`` command; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    found = commands()
+    if args and args[0] in found:
+        return _load(found[args[0]])(args[1:])
+    if not found:
+        raise SystemExit("rlopt: no subcommands are installed (pip install 'torch-rlopt[rl]' gives train and plot)")
+    # no command, an unknown one, or --help: argparse exits with the usage (commands described only for --help)
+    _parser(found, describe=any(a in ("-h", "--help") for a in args)).parse_args(args)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """A2C: synchronous advantage actor-critic."""
 
-from agents.a2c.a2c import A2C
+from rlopt.agents.a2c.a2c import A2C
 
 __all__ = ["A2C"]

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from agents.common.base import OnPolicyAgent
+from rlopt.agents.common.base import OnPolicyAgent
 
 
 class A2C(OnPolicyAgent):
@@ -23,7 +23,7 @@ class A2C(OnPolicyAgent):
     takes the Polyak step (``J_hat`` = ``rollout/ep_rew_mean``) and the critic an Adam step.
 
     Example:
-        >>> import agents
+        >>> from rlopt import agents
         >>> model = agents.A2C("MlpPolicy", "CartPole-v1", n_envs=4, n_steps=8, seed=0, optimizer="sls")
         >>> model = model.learn(128)
         >>> model.num_timesteps

@@ -1,9 +1,9 @@
 """Shared bases of the agents: rollout buffer and GAE, policies, env resolution, optimizer plumbing."""
 
-from agents.common.base import OnPolicyAgent
-from agents.common.buffer import RolloutBatch, RolloutBuffer, compute_gae
-from agents.common.optim import OPTIMIZER_NAMES, build_optimizer, step_stats
-from agents.common.policies import ActorCriticPolicy
+from rlopt.agents.common.base import OnPolicyAgent
+from rlopt.agents.common.buffer import RolloutBatch, RolloutBuffer, compute_gae
+from rlopt.agents.common.optim import OPTIMIZER_NAMES, build_optimizer, step_stats
+from rlopt.agents.common.policies import ActorCriticPolicy
 
 __all__ = [
     "OPTIMIZER_NAMES",

@@ -32,16 +32,16 @@ from stable_baselines3.common.utils import explained_variance, get_device, safe_
 from stable_baselines3.common.vec_env import VecEnv
 
 import rlopt
-from agents.common.buffer import RolloutBatch, RolloutBuffer
-from agents.common.env_util import Stepper, check_env_kwargs, resolve_env, to_sb3
-from agents.common.optim import (
+from rlopt.agents.common.buffer import RolloutBatch, RolloutBuffer
+from rlopt.agents.common.env_util import Stepper, check_env_kwargs, resolve_env, to_sb3
+from rlopt.agents.common.optim import (
     build_optimizer,
     check_optimizer,
     is_line_search,
     is_polyak,
     step_stats,
 )
-from agents.common.policies import ActorCriticPolicy, check_spaces
+from rlopt.agents.common.policies import ActorCriticPolicy, check_spaces
 
 SelfOnPolicyAgent = TypeVar("SelfOnPolicyAgent", bound="OnPolicyAgent")
 
@@ -64,11 +64,11 @@ def _check_nonneg(name: str, value: float | None) -> None:
 
 
 class OnPolicyAgent(BaseAlgorithm):
-    """Base of :class:`agents.PPO`, :class:`agents.A2C` and :class:`agents.REINFORCE`.
+    """Base of :class:`rlopt.agents.PPO`, :class:`rlopt.agents.A2C` and :class:`rlopt.agents.REINFORCE`.
 
     Args:
         policy: ``"MlpPolicy"`` or an :class:`~agents.common.policies.ActorCriticPolicy` subclass.
-        env: an env id, a ``gymnasium.vector.VectorEnv`` (``envs.TorchVecEnv`` included), a Gymnasium env
+        env: an env id, a ``gymnasium.vector.VectorEnv`` (``rlopt.envs.TorchVecEnv`` included), a Gymnasium env
             or an SB3 ``VecEnv``; None only when loading a model for prediction.
         optimizer: ``"adam"``, ``"sgd"``, ``"sls"``, ``"sps"``, ``"ponos"``, ``"polyak"``, ``"adasls"`` or
             a ``torch.optim.Optimizer`` subclass. With ``"polyak"`` (:class:`rlopt.PolyakPG`) the policy
@@ -100,7 +100,7 @@ class OnPolicyAgent(BaseAlgorithm):
         seed: seed of the network initialization, the sampling/minibatch generator and the env's first
             reset. The global RNGs are never reseeded.
         env_kwargs: keyword arguments of the env when ``env`` is an id, as the RL Zoo's ``env_kwargs``: for a
-            batched env those of ``envs.make`` (``max_episode_steps``, ``compile=True`` for one fused kernel
+            batched env those of ``rlopt.envs.make`` (``max_episode_steps``, ``compile=True`` for one fused kernel
             per step, ``dtype``, ``threads``, Pendulum's ``g``), else the Gymnasium env's constructor keywords.
     """
 
@@ -342,7 +342,7 @@ class OnPolicyAgent(BaseAlgorithm):
         """Fill the rollout buffer with ``n_steps`` steps of every env; False if a callback stopped training.
 
         Truncated episodes bootstrap from ``V(true final observation)``; terminated ones do not (see
-        :func:`agents.common.buffer.compute_gae`).
+        :func:`rlopt.agents.common.buffer.compute_gae`).
         """
         assert self._stepper is not None and self._last_obs is not None
         assert self._ep_return is not None and self._ep_length is not None

@@ -44,7 +44,7 @@ def compute_gae(
         terminated: 1 where the episode terminated at ``t`` (bool or float), shape ``(T, N)``.
         dones: 1 where the episode ended at ``t`` by termination or truncation, shape ``(T, N)``.
         gamma: discount factor in ``[0, 1]``; a 0-d tensor keeps the result differentiable in it (the
-            meta-gradient problem of :mod:`bilevel.problems.metagrad` tunes it that way).
+            meta-gradient problem of :mod:`rlopt.bilevel.problems.metagrad` tunes it that way).
         gae_lambda: GAE parameter in ``[0, 1]``; 1 gives discounted returns minus the baseline; may be a
             0-d tensor, as ``gamma``.
 

@@ -2,7 +2,7 @@
 that the rollout loop drives with torch tensors.
 
 Accepted: an env id (a batched :mod:`envs` env when the id is one, else Gymnasium's vector env), a
-``gymnasium.vector.VectorEnv`` (a tensor-batched ``envs.TorchVecEnv`` included: its tensors are used as they
+``gymnasium.vector.VectorEnv`` (a tensor-batched ``rlopt.envs.TorchVecEnv`` included: its tensors are used as they
 are, on its device), a Gymnasium ``Env`` (wrapped as SB3 does: ``Monitor`` + ``DummyVecEnv``) or an SB3
 ``VecEnv``.
 
@@ -240,7 +240,7 @@ class VectorEnvToSB3(VecEnv):
 
 
 def _batched_env_ids() -> set[str]:
-    import envs
+    from rlopt import envs
 
     return set(envs.registered_ids())
 
@@ -275,14 +275,14 @@ def make_env_from_id(
     """A batched :mod:`envs` env when ``env_id`` is one (on ``device``), else Gymnasium's vector env: its
     batched implementation when the id has one (CartPole-v1), else a same-step ``SyncVectorEnv``.
 
-    ``env_kwargs`` go to ``envs.make`` (``max_episode_steps``, ``compile``, ``dtype``, ``threads``, Pendulum's
+    ``env_kwargs`` go to ``rlopt.envs.make`` (``max_episode_steps``, ``compile``, ``dtype``, ``threads``, Pendulum's
     ``g``, ...) or to ``gymnasium.make_vec`` (the env's constructor keywords).
     """
     if n_envs <= 0:
         raise ValueError(f"n_envs must be positive, got {n_envs}")
     kwargs = check_env_kwargs(env_kwargs)
     if env_id in _batched_env_ids():
-        import envs
+        from rlopt import envs
 
         # same-step autoreset: no reset-only transitions, and SB3's VecEnv face (envs.SB3VecEnv) works
         return envs.make(
@@ -303,7 +303,7 @@ def make_env_from_id(
 
 
 def unwrap_torch_env(env: VecEnv) -> gym.vector.VectorEnv | None:
-    """The Gymnasium vector env behind an SB3 view of one (ours or ``envs.SB3VecEnv``), else None."""
+    """The Gymnasium vector env behind an SB3 view of one (ours or ``rlopt.envs.SB3VecEnv``), else None."""
     if isinstance(env, VectorEnvToSB3):
         return env.vector_env
     for name in ("env", "vector_env"):
@@ -314,8 +314,8 @@ def unwrap_torch_env(env: VecEnv) -> gym.vector.VectorEnv | None:
 
 
 def to_sb3(env: gym.vector.VectorEnv) -> VecEnv:
-    """The SB3 ``VecEnv`` face of a Gymnasium vector env (``envs.SB3VecEnv`` for a tensor-batched env)."""
-    import envs
+    """The SB3 ``VecEnv`` face of a Gymnasium vector env (``rlopt.envs.SB3VecEnv`` for a tensor-batched env)."""
+    from rlopt import envs
 
     if isinstance(env, envs.TorchVecEnv) and env.autoreset_mode == AutoresetMode.SAME_STEP:
         return envs.SB3VecEnv(env)
@@ -366,7 +366,7 @@ def make_eval_env(
     """
     kwargs = check_env_kwargs(env_kwargs)
     if env_id in _batched_env_ids():
-        import envs
+        from rlopt import envs
 
         kwargs = {k: v for k, v in kwargs.items() if k not in RUNTIME_ENV_KWARGS}
         return to_sb3(

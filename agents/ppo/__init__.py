@@ -1,5 +1,5 @@
 """PPO: clipped-surrogate proximal policy optimization."""
 
-from agents.ppo.ppo import PPO
+from rlopt.agents.ppo.ppo import PPO
 
 __all__ = ["PPO"]

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from gymnasium import spaces
 
-from agents.common.base import OnPolicyAgent, _check_positive_int
+from rlopt.agents.common.base import OnPolicyAgent, _check_positive_int
 
 
 class PPO(OnPolicyAgent):
@@ -35,17 +35,17 @@ class PPO(OnPolicyAgent):
 
     Args:
         policy: ``"MlpPolicy"`` or an ``ActorCriticPolicy`` subclass.
-        env: env id, ``envs.TorchVecEnv``, Gymnasium env or SB3 ``VecEnv``.
+        env: env id, ``rlopt.envs.TorchVecEnv``, Gymnasium env or SB3 ``VecEnv``.
         batch_size: minibatch size.
         n_epochs: passes over each rollout.
         clip_range: surrogate clipping :math:`\epsilon`.
         clip_range_vf: value clipping around the old values (None: no clipping).
         target_kl: stop the epochs of an update when the approximate KL exceeds ``1.5 * target_kl``.
-        **kwargs: see :class:`agents.common.base.OnPolicyAgent` (``optimizer``, ``n_envs``, ``n_steps``,
+        **kwargs: see :class:`rlopt.agents.common.base.OnPolicyAgent` (``optimizer``, ``n_envs``, ``n_steps``,
             ``gamma``, ``gae_lambda``, ``ent_coef``, ``vf_coef``, ``seed``, ``device``, ...).
 
     Example:
-        >>> import agents
+        >>> from rlopt import agents
         >>> model = agents.PPO("MlpPolicy", "CartPole-v1", n_envs=4, n_steps=32, seed=0)
         >>> model = model.learn(256)
         >>> action, _ = model.predict(model.get_env().reset(), deterministic=True)

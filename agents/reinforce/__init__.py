@@ -1,5 +1,5 @@
 """REINFORCE / GPOMDP Monte-Carlo policy gradients."""
 
-from agents.reinforce.reinforce import ESTIMATORS, REINFORCE
+from rlopt.agents.reinforce.reinforce import ESTIMATORS, REINFORCE
 
 __all__ = ["ESTIMATORS", "REINFORCE"]

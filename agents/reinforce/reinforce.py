@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import torch
 
 import rlopt
-from agents.common.base import OnPolicyAgent
-from agents.common.buffer import compute_gae
+from rlopt.agents.common.base import OnPolicyAgent
+from rlopt.agents.common.buffer import compute_gae
 from rlopt.rules.policy_polyak import return_target
 
 ESTIMATORS = ("reinforce", "gpomdp")
@@ -60,7 +60,7 @@ class REINFORCE(OnPolicyAgent):
     gradient of :math:`J` itself, not of a rescaled surrogate.
 
     Example:
-        >>> import agents
+        >>> from rlopt import agents
         >>> model = agents.REINFORCE("MlpPolicy", "CartPole-v1", n_envs=4, n_steps=64, seed=0,
         ...                          estimator="gpomdp", optimizer="polyak")
         >>> model = model.learn(512)

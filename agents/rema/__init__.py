@@ -5,16 +5,16 @@ format; both are trained by multi-agent RL (REINFORCE++ with separate weights an
 schedule, or GRPO with shared weights and the turn-level ratio), with any rlopt optimizer per agent.
 
 Example:
-    >>> from agents.rema import ReMA
+    >>> from rlopt.agents.rema import ReMA
     >>> agent = ReMA(batch_questions=2, eval_tasks=[], ood_tasks=[])
     >>> agent.roles
     ('meta', 'reasoner')
 """
 
-from agents.rema.losses import grpo_advantages, k3_kl, policy_loss, reinforce_pp_advantages, turn_level_ratio
-from agents.rema.policy import CharTokenizer, Generation, Policy, TinyConfig, TinyPolicy
-from agents.rema.rema import ALGORITHMS, MODES, PAPER_FILTER, ReMA
-from agents.rema.rollout import (
+from rlopt.agents.rema.losses import grpo_advantages, k3_kl, policy_loss, reinforce_pp_advantages, turn_level_ratio
+from rlopt.agents.rema.policy import CharTokenizer, Generation, Policy, TinyConfig, TinyPolicy
+from rlopt.agents.rema.rema import ALGORITHMS, MODES, PAPER_FILTER, ReMA
+from rlopt.agents.rema.rollout import (
     FINISH,
     META_REWARDS,
     PAPER_PROMPTS,

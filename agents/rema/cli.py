@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.rema.policy import TinyConfig
-from agents.rema.rema import ALGORITHMS, PAPER_FILTER, ReMA
-from agents.rema.rollout import META_REWARDS, RewardConfig
+from rlopt.agents.rema.policy import TinyConfig
+from rlopt.agents.rema.rema import ALGORITHMS, PAPER_FILTER, ReMA
+from rlopt.agents.rema.rollout import META_REWARDS, RewardConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'arithmetic' (built-in generated tasks) or a JSONL file of {question, answer} lines")
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (built-in character transformer) or a Hugging Face causal LM name/path "
-                             "(needs the 'llm' extra: pip install 'rlopt[llm]')")
+                             "(needs the 'hf' extra: pip install 'torch-rlopt[hf]')")
     parser.add_argument("--baselines", action="store_true",
                         help="also train VRP_RL (answer directly) and MRP_RL (plan then solve in one pass)")
     parser.add_argument("--algorithm", choices=ALGORITHMS, default="reinforce++",
@@ -113,13 +113,16 @@ def _optimizer(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``rlopt rema`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    """Train ReMA: a meta-thinking agent and a reasoning agent, by multi-agent RL.
+
+    Runs ``rlopt rema`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+    """
     args = build_parser().parse_args(argv)
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    from envs.reasoning import load_jsonl, make_split
+    from rlopt.envs.reasoning import load_jsonl, make_split
 
     tasks: Any = "arithmetic"
     eval_tasks: Any = make_split("test", args.eval_size, seed=args.seed)
@@ -137,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         policy: Any = "tiny"
         if args.model != "tiny":  # every method starts from the pretrained weights
-            from agents.rema.hf import HFPolicy
+            from rlopt.agents.rema.hf import HFPolicy
 
             policy = HFPolicy(args.model).to(args.device)
         agent = ReMA(
@@ -165,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{json.dumps(agent.history[-1] if agent.history else {})}")
     (out / "history.json").write_text(json.dumps(histories, indent=1))
     if any(histories.values()):
-        from agents.rema.plotting import plot_accuracy
+        from rlopt.agents.rema.plotting import plot_accuracy
 
         png = plot_accuracy({{"rema": "ReMA", "vrp": "VRP_RL", "mrp": "MRP_RL"}[m]: h for m, h in histories.items()},
                             out / "accuracy.png")

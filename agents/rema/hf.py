@@ -1,6 +1,6 @@
-"""A :class:`agents.rema.policy.Policy` over any Hugging Face ``transformers`` causal LM with a chat template.
+"""A :class:`rlopt.agents.rema.policy.Policy` over any Hugging Face ``transformers`` causal LM with a chat template.
 
-Needs the optional extra ``llm`` (``pip install "rlopt[llm]"``); ``transformers`` is imported lazily, so the
+Needs the optional extra ``hf`` (``pip install "torch-rlopt[hf]"``); ``transformers`` is imported lazily, so the
 rest of ReMA works without it.
 
 Generation runs the model's own forward with its KV cache in the shared sampling loop
@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from agents.rema.policy import Cache, Message, Policy
+from rlopt.agents.rema.policy import Cache, Message, Policy
 
 __all__ = ["HFPolicy", "require_transformers"]
 
@@ -25,7 +25,7 @@ def require_transformers() -> Any:
     try:
         import transformers
     except ImportError as error:
-        raise ImportError("The Hugging Face adapter needs transformers: pip install 'rlopt[llm]' "
+        raise ImportError("The Hugging Face adapter needs transformers: pip install 'torch-rlopt[hf]' "
                           "(or pip install transformers)") from error
     return transformers
 
@@ -42,7 +42,7 @@ class HFPolicy(Policy):
         ValueError: if the tokenizer has no chat template, or has neither a pad nor an EOS token.
 
     Example:
-        >>> from agents.rema.hf import HFPolicy  # doctest: +SKIP
+        >>> from rlopt.agents.rema.hf import HFPolicy  # doctest: +SKIP
         >>> policy = HFPolicy("Qwen/Qwen2.5-0.5B-Instruct")  # doctest: +SKIP
     """
 

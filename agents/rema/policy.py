@@ -11,7 +11,7 @@ A :class:`Policy` is a ``torch.nn.Module`` that
 * gives a frozen reference copy (:meth:`Policy.frozen_copy`) for the KL term.
 
 Two implementations: :class:`TinyPolicy` (a small pre-LayerNorm transformer over characters, built from a
-:class:`TinyConfig`, the default; no download) and :class:`agents.rema.hf.HFPolicy` (any Hugging Face causal
+:class:`TinyConfig`, the default; no download) and :class:`rlopt.agents.rema.hf.HFPolicy` (any Hugging Face causal
 LM with a chat template).
 
 Prompts are left-padded for generation and sequences right-padded for training; both compute positions as

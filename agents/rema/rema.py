@@ -4,7 +4,7 @@ Wan et al., "ReMA: Learning to Meta-think for LLMs with Multi-Agent Reinforcemen
 
 Objective (Eq. 9-11): both agents maximise the correctness of the reasoner's final answer,
 ``J(theta_h, theta_l) = E_{x, m ~ pi_h(.|x), y ~ pi_l(.|x, m)} [R(y, y*)]``, each with its own reward
-(:class:`agents.rema.rollout.RewardConfig`). Two training recipes of the paper:
+(:class:`rlopt.agents.rema.rollout.RewardConfig`). Two training recipes of the paper:
 
 * ``algorithm="reinforce++"`` (single-turn runs of the paper): separate weights and the iterative schedule
   (Algorithm 1): train one agent with the other frozen, switch every ``switch_every`` updates, starting with
@@ -39,9 +39,9 @@ import torch
 from torch import Tensor
 
 import rlopt
-from agents.rema.losses import grpo_advantages, k3_kl, masked_mean, policy_loss, reinforce_pp_advantages
-from agents.rema.policy import Policy, TinyConfig, TinyPolicy
-from agents.rema.rollout import (
+from rlopt.agents.rema.losses import grpo_advantages, k3_kl, masked_mean, policy_loss, reinforce_pp_advantages
+from rlopt.agents.rema.policy import Policy, TinyConfig, TinyPolicy
+from rlopt.agents.rema.rollout import (
     PAPER_PROMPTS,
     ROLES,
     TINY_PROMPTS,
@@ -57,7 +57,7 @@ from agents.rema.rollout import (
     rollout_single_turn,
     success_rates,
 )
-from envs.reasoning import ArithmeticTasks, ReasoningTask, make_split
+from rlopt.envs.reasoning import ArithmeticTasks, ReasoningTask, make_split
 
 __all__ = ["ALGORITHMS", "MODES", "PAPER_FILTER", "ReMA"]
 
@@ -144,9 +144,9 @@ class ReMA:
     """The ReMA trainer with ``learn``/``evaluate``/``save``/``load`` in the style of the other agents.
 
     Args:
-        tasks: ``"arithmetic"`` (the built-in task stream of :mod:`envs.reasoning`, 2-4 operands), an
-            :class:`envs.reasoning.ArithmeticTasks` stream, or a non-empty sequence of
-            :class:`envs.reasoning.ReasoningTask` (e.g. from ``load_jsonl``).
+        tasks: ``"arithmetic"`` (the built-in task stream of :mod:`rlopt.envs.reasoning`, 2-4 operands), an
+            :class:`rlopt.envs.reasoning.ArithmeticTasks` stream, or a non-empty sequence of
+            :class:`rlopt.envs.reasoning.ReasoningTask` (e.g. from ``load_jsonl``).
         policy: ``"tiny"`` (built-in character transformers from ``tiny_config``), a :class:`Policy` (copied
             for the second agent when weights are separate) or a mapping ``{"meta": ..., "reasoner": ...}``.
         mode: ``"rema"`` (two agents), ``"vrp"`` or ``"mrp"`` (single-agent baselines).
@@ -178,7 +178,7 @@ class ReMA:
             paper's for Hugging Face models).
         prompt_filter: Algorithm 1's prompt filtering (single-turn ReMA, alternating schedule): before each phase
             (every ``switch_every`` updates) ``filter_pool`` candidate questions are drawn, their success rate
-            measured as in :func:`agents.rema.rollout.success_rates` for the role about to be trained, and the
+            measured as in :func:`rlopt.agents.rema.rollout.success_rates` for the role about to be trained, and the
             phase trains on the questions whose rate lies in ``[eps_min, eps_max]``. ``None``/``"off"``
             (default): no filtering; ``True``/``"on"``: the paper's MATH range :data:`PAPER_FILTER`
             ``(0.2, 0.8)``; or a pair ``(eps_min, eps_max)``. If no candidate is in range the phase trains on
@@ -197,8 +197,8 @@ class ReMA:
         verbose: 1 prints a line per evaluation.
 
     Example:
-        >>> from agents.rema import ReMA
-        >>> from agents.rema.policy import TinyConfig
+        >>> from rlopt.agents.rema import ReMA
+        >>> from rlopt.agents.rema.policy import TinyConfig
         >>> agent = ReMA(batch_questions=2, n_plans=2, n_answers=2, tiny_config=TinyConfig(d_model=32, n_layers=1),
         ...              eval_tasks=[], ood_tasks=[])
         >>> _ = agent.warm_start(steps=2, batch_size=8)
@@ -440,7 +440,7 @@ class ReMA:
 
     def filter_tasks(self, tasks: Sequence[ReasoningTask], role: str) -> tuple[list[ReasoningTask], Tensor]:
         """Algorithm 1's prompt filter: the questions of ``tasks`` whose success rate, measured for the phase
-        that trains ``role`` (:func:`agents.rema.rollout.success_rates`, ``filter_k`` samples each, drawn
+        that trains ``role`` (:func:`rlopt.agents.rema.rollout.success_rates`, ``filter_k`` samples each, drawn
         with the trainer's sampler), lies in ``prompt_filter``; and the rates.
 
         Raises:
@@ -501,7 +501,7 @@ class ReMA:
                    n_tasks: int | None = None, p_unformatted: float = 0.0, p_leak: float = 0.0) -> dict[str, float]:
         """Supervised warm start of the tiny models on generated demonstrations (cross-entropy on the
         assistant tokens, Adam). Returns the final loss per model. The noise levels are those of
-        :func:`agents.rema.rollout.demonstrations`.
+        :func:`rlopt.agents.rema.rollout.demonstrations`.
 
         Raises:
             ValueError: without the built-in arithmetic tasks (demonstrations need expressions).

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from agents.rema.policy import Policy
-from envs.reasoning import (
+from rlopt.agents.rema.policy import Policy
+from rlopt.envs.reasoning import (
     ReasoningTask,
     answers_match,
     execute_plan,
@@ -120,7 +120,7 @@ class RewardConfig:
     * ``"correctness"`` (App. C.2, the default): the mean correctness (1/0) of the ``n`` reasoner answers
       to its plan, ``R_h = (1/n) sum_i 1[y_i = y*]``;
     * ``"consistency"`` (Eq. 14): the share of the most frequent answer among the ``n`` answers,
-      ``R_h = max_a |{i : y_i = a}| / n`` (answers compared after :func:`envs.reasoning.normalize_answer`,
+      ``R_h = max_a |{i : y_i = a}| / n`` (answers compared after :func:`rlopt.envs.reasoning.normalize_answer`,
       responses without a marked answer count in ``n`` but never as an answer), and 0 when most responses
       (more than ``n / 2``) have no marked answer. It needs no reference answer.
 

@@ -9,10 +9,10 @@
   collected with the current policy (solver algorithm ``"lookahead"``).
 """
 
-from bilevel.problems.base import BilevelProblem
-from bilevel.problems.classification import DataHyperCleaning, HyperRepresentation, RegularizationHPO
-from bilevel.problems.metagrad import MetaGradientRL, Rollout
-from bilevel.problems.ridge import Ridge
+from rlopt.bilevel.problems.base import BilevelProblem
+from rlopt.bilevel.problems.classification import DataHyperCleaning, HyperRepresentation, RegularizationHPO
+from rlopt.bilevel.problems.metagrad import MetaGradientRL, Rollout
+from rlopt.bilevel.problems.ridge import Ridge
 
 PROBLEMS: dict[str, type[BilevelProblem]] = {
     "ridge": Ridge,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bilevel._tree import Tree
+from rlopt.bilevel._tree import Tree
 
 
 def check_batch_size(value: int | None, name: str, n: int) -> None:
@@ -57,7 +57,7 @@ class BilevelProblem(abc.ABC):
         lower_batch_size: default batch size for the lower level (``None`` = full batch).
         device: where the data and variables live.
         dtype: floating dtype of data and variables.
-        algorithms: names of the :class:`bilevel.BilevelSolver` algorithms that apply (``None``: all).
+        algorithms: names of the :class:`rlopt.bilevel.BilevelSolver` algorithms that apply (``None``: all).
         algorithms_note: why the others do not apply (quoted in the solver's error).
     """
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from bilevel._tree import Tree
-from bilevel.problems._data import load_classification
-from bilevel.problems.base import BilevelProblem, check_batch_size, check_fraction, split_indices
+from rlopt.bilevel._tree import Tree
+from rlopt.bilevel.problems._data import load_classification
+from rlopt.bilevel.problems.base import BilevelProblem, check_batch_size, check_fraction, split_indices
 
 
 def _take(t: Tensor, batch: Tensor | None) -> Tensor:
@@ -123,7 +123,7 @@ class DataHyperCleaning(_ClassificationProblem):
         device, dtype: where and in what precision the data and variables live.
 
     Example:
-        >>> from bilevel import hypergradient
+        >>> from rlopt.bilevel import hypergradient
         >>> p = DataHyperCleaning(corruption=0.5)
         >>> x, y = p.initial_x(), p.initial_y()
         >>> hg = hypergradient(p.upper_loss, p.lower_loss, x, y, "cg", maxiter=5)

@@ -16,8 +16,8 @@ from gymnasium import spaces
 from torch import Tensor
 from torch.func import functional_call
 
-from bilevel._tree import Tree
-from bilevel.problems.base import BilevelProblem
+from rlopt.bilevel._tree import Tree
+from rlopt.bilevel.problems.base import BilevelProblem
 
 META_PARAMS = ("gamma", "lambda", "entropy")
 """The meta-parameters :class:`MetaGradientRL` can tune."""
@@ -90,15 +90,15 @@ class MetaGradientRL(BilevelProblem):
     r"""Tune one agent hyperparameter ``η`` online by the one-step look-ahead meta-gradient (Xu et al. 2018).
 
     The agent is an actor-critic (separate actor and critic MLPs of
-    :class:`agents.common.ActorCriticPolicy`, categorical actions) on a tensor-batched env (``envs.make``, e.g.
-    CartPole-v1 with ``num_envs`` copies on ``device``). Upper variable ``x``: a scalar parametrising ``η``
-    (``γ = σ(x)``, ``λ = σ(x)`` or entropy weight ``c = exp(x)``). Lower variable ``y``: the policy and value
-    parameters ``θ`` (a dict of tensors). A batch is a :class:`Rollout` of ``n_steps × num_envs``
-    transitions collected *with the current policy* (the samplers take ``(x, y)``).
+    :class:`rlopt.agents.common.ActorCriticPolicy`, categorical actions) on a tensor-batched env
+    (``rlopt.envs.make``, e.g. CartPole-v1 with ``num_envs`` copies on ``device``). Upper variable ``x``: a
+    scalar parametrising ``η`` (``γ = σ(x)``, ``λ = σ(x)`` or entropy weight ``c = exp(x)``). Lower variable
+    ``y``: the policy and value parameters ``θ`` (a dict of tensors). A batch is a :class:`Rollout` of
+    ``n_steps × num_envs`` transitions collected *with the current policy* (the samplers take ``(x, y)``).
 
     **Inner (lower) loss** on a rollout ``τ`` from the behaviour policy ``θ_b`` (``= θ`` when it is
     evaluated), with GAE advantages ``A^η_t`` and targets ``G^η_t = A^η_t + V_b(s_t)``
-    (:func:`agents.common.compute_gae`, differentiable in ``γ`` and ``λ``, the values ``V_b`` being constants
+    (:func:`rlopt.agents.common.compute_gae`, differentiable in ``γ`` and ``λ``, the values ``V_b`` being constants
     of the rollout):
 
         L_in(τ, θ, η) = -mean_t[A^η_t ρ_t(θ)] + c_v mean_t[(G^η_t - V_θ(s_t))²] - c mean_t[H(π_θ(·|s_t))],
@@ -119,7 +119,7 @@ class MetaGradientRL(BilevelProblem):
     whose ``θ'``-gradient at the behaviour point is the paper's meta-objective gradient
     ``∂J'(τ', θ', η̄)/∂θ' = (g_η̄(τ') - v(S')) ∂ log π_θ'(A'|S')/∂θ'`` (plus ``c̄ ∇H``, zero by default).
 
-    **Meta-gradient** (algorithm ``"lookahead"`` of :class:`bilevel.BilevelSolver`, the hypergradient
+    **Meta-gradient** (algorithm ``"lookahead"`` of :class:`rlopt.bilevel.BilevelSolver`, the hypergradient
     ``"itd"`` with one step): ``dL_out(τ', θ'(η))/dη = ∂L_out/∂θ' · dθ'/dη`` with
     ``dθ'/dη = -α ∂²L_in(τ, θ, η)/∂θ∂η``, ``θ`` held constant. The paper accumulates ``dθ/dη`` over past
     updates in a decayed trace ``z' = μ z + ∂f/∂η``; this is ``μ = 0`` (only the last update's term), chained
@@ -134,7 +134,7 @@ class MetaGradientRL(BilevelProblem):
     synchronous actor-critic on batched classic-control envs.
 
     Args:
-        env_id: a discrete-action env of :func:`envs.make` (``"CartPole-v1"``, ``"Acrobot-v1"``,
+        env_id: a discrete-action env of :func:`rlopt.envs.make` (``"CartPole-v1"``, ``"Acrobot-v1"``,
             ``"MountainCar-v0"``).
         meta_param: the tuned hyperparameter: ``"gamma"``, ``"lambda"`` (GAE λ) or ``"entropy"``.
         init: its start value (``γ``, ``λ`` in the open interval (0, 1); entropy weight > 0); default
@@ -153,7 +153,7 @@ class MetaGradientRL(BilevelProblem):
         dtype: floating dtype of networks and losses (float64 for derivative checks).
 
     Example:
-        >>> from bilevel import BilevelSolver
+        >>> from rlopt.bilevel import BilevelSolver
         >>> problem = MetaGradientRL("CartPole-v1", meta_param="gamma", init=0.9, num_envs=8, n_steps=16)
         >>> solver = BilevelSolver(problem, "lookahead", upper="adam", lower="sgd", lower_lr=0.01)
         >>> history = solver.run(outer_steps=3, eval_every=3)
@@ -208,8 +208,8 @@ class MetaGradientRL(BilevelProblem):
             raise TypeError(f"Invalid seed: {seed!r}, expected an int")
         # envs and agents are imported here, not at module level: `import bilevel` stays free of them (and of
         # stable-baselines3) unless an RL problem is built.
-        import envs
-        from agents.common.policies import ActorCriticPolicy
+        from rlopt import envs
+        from rlopt.agents.common.policies import ActorCriticPolicy
 
         self.env_id = env_id
         self.meta_param = meta_param
@@ -293,7 +293,7 @@ class MetaGradientRL(BilevelProblem):
         return torch.exp(log_p - batch.log_probs.reshape(-1)), entropy
 
     def _advantages(self, batch: Rollout, gamma: Tensor | float, lam: Tensor | float) -> tuple[Tensor, Tensor]:
-        from agents.common.buffer import compute_gae
+        from rlopt.agents.common.buffer import compute_gae
 
         # compute_gae is plain tensor arithmetic: with 0-dim tensors for gamma and lambda the advantages are
         # differentiable in them (its annotations say float).

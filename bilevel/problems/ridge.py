@@ -6,8 +6,8 @@ import torch
 from sklearn.datasets import load_diabetes
 from torch import Tensor
 
-from bilevel._tree import Tree
-from bilevel.problems.base import BilevelProblem, check_batch_size, check_fraction, split_indices
+from rlopt.bilevel._tree import Tree
+from rlopt.bilevel.problems.base import BilevelProblem, check_batch_size, check_fraction, split_indices
 
 
 class Ridge(BilevelProblem):
@@ -33,7 +33,7 @@ class Ridge(BilevelProblem):
 
     Example:
         >>> import torch
-        >>> from bilevel import hypergradient
+        >>> from rlopt.bilevel import hypergradient
         >>> p = Ridge()
         >>> x = p.initial_x()
         >>> hg = hypergradient(p.upper_loss, p.lower_loss, x, p.solve_lower(x), method="cg")

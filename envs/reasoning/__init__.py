@@ -4,13 +4,13 @@ verifier, the answer normaliser, and a loader for a user's JSONL of ``{question,
 Tokenizer-independent: everything here works on strings.
 
 Example:
-    >>> from envs.reasoning import make_split, extract_answer, answers_match
+    >>> from rlopt.envs.reasoning import make_split, extract_answer, answers_match
     >>> task = make_split("train", 1, seed=0)[0]
     >>> answers_match(extract_answer("\\\\boxed{" + task.answer + "}"), task.answer)
     True
 """
 
-from envs.reasoning.answers import (
+from rlopt.envs.reasoning.answers import (
     ANSWER_PREFIX,
     answers_match,
     extract_answer,
@@ -18,7 +18,7 @@ from envs.reasoning.answers import (
     load_jsonl,
     normalize_answer,
 )
-from envs.reasoning.arithmetic import (
+from rlopt.envs.reasoning.arithmetic import (
     OPERATORS,
     SPLITS,
     ArithmeticTasks,

@@ -22,7 +22,7 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
-from envs.reasoning.arithmetic import ReasoningTask
+from rlopt.envs.reasoning.arithmetic import ReasoningTask
 
 __all__ = [
     "ANSWER_PREFIX",

@@ -45,7 +45,7 @@ class ReasoningTask:
 
     Attributes:
         question: the text shown to the agents.
-        answer: the reference answer as a string (normalised by :func:`envs.reasoning.normalize_answer`).
+        answer: the reference answer as a string (normalised by :func:`rlopt.envs.reasoning.normalize_answer`).
         expression: the arithmetic expression for generated tasks, ``None`` for loaded ones.
         modulus: the modulus of a generated task (``None``: integer arithmetic or a loaded task).
     """

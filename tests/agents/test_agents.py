@@ -14,8 +14,8 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, Check
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-import agents
 import rlopt
+from rlopt import agents
 
 ALGOS: dict[str, tuple[type, dict[str, Any]]] = {
     "PPO": (agents.PPO, {"n_envs": 4, "n_steps": 16, "batch_size": 32, "n_epochs": 2}),
@@ -336,7 +336,7 @@ def test_ponos_policy_step_uses_the_surrogate_infimum() -> None:
 # --------------------------------------------------------------------------------------------- on device
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_training_stays_on_the_device(algo: str, device: torch.device) -> None:
-    import envs
+    from rlopt import envs
 
     env = envs.make("CartPole-v1", num_envs=4, device=device, seed=0, autoreset_mode="same_step")
     model = _make(algo, env=env, device=device)
@@ -366,7 +366,7 @@ def test_line_searches_step_policy_and_critic_separately(optimizer: str, separat
 
 
 def test_learning_rate_schedule_applies_to_torch_optimizers() -> None:
-    from agents.hyperparams import linear_schedule
+    from rlopt.agents.hyperparams import linear_schedule
 
     model = _make("A2C", learning_rate=linear_schedule(1e-3))
     seen: list[float] = []
@@ -395,7 +395,7 @@ def test_box_actions(algo: str) -> None:
 
 
 def test_set_env_switches_the_training_env() -> None:
-    import envs
+    from rlopt import envs
 
     model = _make("PPO")
     model.learn(64)
@@ -421,7 +421,7 @@ def test_env_kwargs_reach_the_batched_env_and_set_the_task() -> None:
     # the evaluation env takes the task's keywords, not the runtime ones
     eval_env = agents.make_eval_env("Pendulum-v1", n_envs=2, env_kwargs={"max_episode_steps": 20, "g": 5.0,
                                                                          "validate_actions": False})
-    from agents.common.env_util import unwrap_torch_env
+    from rlopt.agents.common.env_util import unwrap_torch_env
 
     inner_eval = unwrap_torch_env(eval_env)
     assert inner_eval is not None

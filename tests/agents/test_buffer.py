@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.common.buffer import RolloutBuffer, compute_gae
+from rlopt.agents.common.buffer import RolloutBuffer, compute_gae
 
 
 def _lambda_returns_bruteforce(r, v, nv, term, done, gamma, lam):  # type: ignore[no-untyped-def]

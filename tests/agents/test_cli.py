@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import agents
-from agents.cli import train_main
+from rlopt import agents
+from rlopt.agents.cli import train_main
 
 
 def test_train_main_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

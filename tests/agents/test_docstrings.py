@@ -8,13 +8,13 @@ import importlib
 import pytest
 
 MODULES = [
-    "agents.common.buffer",
-    "agents.common.policies",
-    "agents.hyperparams",
-    "agents.ppo.ppo",
-    "agents.a2c.a2c",
-    "agents.reinforce.reinforce",
-    "agents.sb3",
+    "rlopt.agents.common.buffer",
+    "rlopt.agents.common.policies",
+    "rlopt.agents.hyperparams",
+    "rlopt.agents.ppo.ppo",
+    "rlopt.agents.a2c.a2c",
+    "rlopt.agents.reinforce.reinforce",
+    "rlopt.agents.sb3",
 ]
 
 

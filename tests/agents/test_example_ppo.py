@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import agents
+from rlopt import agents
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ppo.py"
 

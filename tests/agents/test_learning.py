@@ -10,8 +10,8 @@ import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 
-import agents
-from agents.hyperparams import hyperparams
+from rlopt import agents
+from rlopt.agents.hyperparams import hyperparams
 
 
 class EvaluateUntil(BaseCallback):

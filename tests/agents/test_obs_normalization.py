@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import agents
-from agents.common.policies import ActorCriticPolicy
+from rlopt import agents
+from rlopt.agents.common.policies import ActorCriticPolicy
 
 
 def test_running_statistics_equal_those_of_all_observations_seen() -> None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from stable_baselines3.common.evaluation import evaluate_policy
 
-import agents
 import rlopt
-from agents.reinforce.reinforce import SPS_MARGIN
+from rlopt import agents
+from rlopt.agents.reinforce.reinforce import SPS_MARGIN
 
 
 def _model(**kwargs: Any) -> agents.REINFORCE:

@@ -10,7 +10,7 @@ import torch
 from stable_baselines3.common.env_util import make_vec_env
 
 import rlopt
-from agents.sb3 import PPO
+from rlopt.agents.sb3 import PPO
 
 KW = {"n_steps": 64, "batch_size": 32, "n_epochs": 2, "seed": 0, "device": "cpu"}
 

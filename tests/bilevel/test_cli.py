@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bilevel.cli import main
+from rlopt.bilevel.cli import main
 
 
 def test_cli_ridge_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

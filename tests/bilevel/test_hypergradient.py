@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev
 
-import bilevel
-from bilevel import NonFiniteError, hypergradient
-from bilevel.problems import Ridge
+from rlopt import bilevel
+from rlopt.bilevel import NonFiniteError, hypergradient
+from rlopt.bilevel.problems import Ridge
 
 F64 = torch.float64
 
@@ -365,14 +365,16 @@ def test_higher_missing_gives_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
         hypergradient(quad_upper, quad_lower, X, Y, "higher", steps=2)
 
 
-@pytest.mark.parametrize("name", ["bilevel.hypergradients", "bilevel.linear_solvers", "bilevel.problems.ridge"])
+@pytest.mark.parametrize(
+    "name", ["rlopt.bilevel.hypergradients", "rlopt.bilevel.linear_solvers", "rlopt.bilevel.problems.ridge"]
+)
 def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
 
 
 def test_implicit_system_products_match_matrices() -> None:
-    from bilevel.hypergradients import ImplicitSystem
+    from rlopt.bilevel.hypergradients import ImplicitSystem
 
     A = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=F64)
     B = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0]], dtype=F64)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bilevel import _tree
-from bilevel.linear_solvers import conjugate_gradient, dense_solve, neumann_series, richardson
+from rlopt.bilevel import _tree
+from rlopt.bilevel.linear_solvers import conjugate_gradient, dense_solve, neumann_series, richardson
 
 F64 = torch.float64
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from bilevel import BilevelSolver, hypergradient
-from bilevel.cli import main
-from bilevel.problems import MetaGradientRL, Ridge, Rollout
+from rlopt.bilevel import BilevelSolver, hypergradient
+from rlopt.bilevel.cli import main
+from rlopt.bilevel.problems import MetaGradientRL, Ridge, Rollout
 
 ALPHA = 0.05
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from bilevel import hypergradient
-from bilevel.problems import PROBLEMS, DataHyperCleaning, HyperRepresentation, RegularizationHPO, Ridge
-from bilevel.problems._data import read_idx
+from rlopt.bilevel import hypergradient
+from rlopt.bilevel.problems import PROBLEMS, DataHyperCleaning, HyperRepresentation, RegularizationHPO, Ridge
+from rlopt.bilevel.problems._data import read_idx
 
 F64 = torch.float64
 
@@ -160,7 +160,9 @@ def test_device_placement(device: torch.device) -> None:
     assert p.lower_loss(p.initial_x(), p.initial_y(), batch).device.type == device.type
 
 
-@pytest.mark.parametrize("name", ["bilevel.solver", "bilevel.upper_rules", "bilevel.problems.classification"])
+@pytest.mark.parametrize(
+    "name", ["rlopt.bilevel.solver", "rlopt.bilevel.upper_rules", "rlopt.bilevel.problems.classification"]
+)
 def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import rlopt
-from bilevel import BilevelSolver
-from bilevel.problems import DataHyperCleaning, Ridge
-from bilevel.upper_rules import ArmijoSearch, PolyakStep
+from rlopt.bilevel import BilevelSolver
+from rlopt.bilevel.problems import DataHyperCleaning, Ridge
+from rlopt.bilevel.upper_rules import ArmijoSearch, PolyakStep
 
 F64 = torch.float64
 RIDGE_F_STAR = 0.247837  # min_x F(x) for Ridge(): 3000 closed-form gradient steps (see test below)
@@ -355,7 +355,7 @@ def test_upper_rule_validation(cls: type, kwargs: dict[str, float], match: str) 
 
 @pytest.mark.parametrize("rules", [("bisls", "bisls"), ("bisls-adam", "bisls-adam")])
 def test_solver_on_dict_upper_variable_and_regularization(rules: tuple[str, str]) -> None:
-    from bilevel.problems import HyperRepresentation, RegularizationHPO
+    from rlopt.bilevel.problems import HyperRepresentation, RegularizationHPO
 
     for problem in (
         HyperRepresentation(hidden=8, n_train=200, n_val=100, n_test=100, lower_batch_size=100, upper_batch_size=100),

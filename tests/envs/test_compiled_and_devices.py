@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import envs
+from rlopt import envs
 
 
 def random_actions(env: envs.TorchVecEnv, gen: torch.Generator) -> torch.Tensor:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import envs
+from rlopt import envs
 
 ENV_IDS = envs.registered_ids()
 

@@ -1,54 +1,89 @@
-"""The `rlopt` command line: bench optim writes a table, a PNG, a JSON summary and TensorBoard logs; plot."""
+"""The `rlopt` dispatcher: subcommands come from entry points, a missing extra is named in one line."""
 
 from __future__ import annotations
 
-import json
-import math
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from rlopt import compare
-from rlopt.cli import main
-from rlopt.plotting import read_scalars
+from rlopt import cli
+
+BUILT_IN = {"bench", "bilevel", "plot", "rema", "train"}
 
 
-def test_bench_optim_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "bench"
-    assert main(["bench", "optim", "--tasks", "breast_cancer", "--epochs", "2", "--seeds", "0",
-                 "--out", str(out), "--no-progress"]) == 0
-    text = capsys.readouterr().out
-    assert "breast_cancer" in text and "ponos" in text
-    rows = json.loads((out / "summary.json").read_text())
-    names = [r["optimizer"] for r in rows]
-    assert names[:5] == list(compare.RULES)
-    assert names[5].startswith("sgd lr=") and names[6].startswith("adam lr=")
-    assert (out / "bench_optim.png").stat().st_size > 10_000
-    scalars = read_scalars(out / "tensorboard")
-    tags = {t for by_tag in scalars.values() for t in by_tag}
-    assert {"sls/step_size", "sls/backtracks", "ponos/train_loss"} <= tags
-    png = tmp_path / "scalars.png"
-    assert main(["plot", str(out / "tensorboard"), "--out", str(png), "--tags", "sls/step_size"]) == 0
-    assert png.stat().st_size > 5_000
+def test_the_installed_distribution_registers_every_built_in_command() -> None:
+    found = cli.commands()
+    assert set(found) >= BUILT_IN
+    assert {found[name].value.split(":")[0] for name in BUILT_IN} == {
+        "rlopt.agents.cli", "rlopt.agents.rema.cli", "rlopt.bilevel.cli", "rlopt.tools.cli"}
+    assert all(not cli.missing_requirements(found[name]) for name in BUILT_IN)  # the dev install has every extra
 
 
-def test_plot_rejects_missing_dir_and_unknown_tags(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(["plot", str(tmp_path / "nope")])
-
-
-def test_run_trains_and_records() -> None:
-    task = compare.load_task("breast_cancer")
-    result = compare.run(task, "sps", {"max_lr": 10.0}, epochs=3, seed=0)
-    assert len(result.losses) == 4 and result.losses[-1] < 0.5 * result.losses[0]
-    assert len(result.step_sizes) == 3 * math.ceil(task.x.shape[0] / task.batch_size)
-    assert result.epochs_to(result.losses[-1]) <= 3
-    with pytest.raises(ValueError, match="Invalid dataset"):
-        compare.load_task("mnist")
-
-
-def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_lists_every_command_with_its_summary(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["--help"])
+        cli.main(["--help"])
     assert exc.value.code == 0
-    assert "bench" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "train a policy-gradient agent" in out.lower() and "plot the tensorboard scalars" in out.lower()
+    assert all(name in out for name in BUILT_IN)
+
+
+@pytest.mark.parametrize("argv", [[], ["no-such-command"]])
+def test_no_or_an_unknown_command_is_a_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+@pytest.fixture
+def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An installed distribution that registers two commands: one needs an extra that is not installed."""
+    info = tmp_path / "rlopt_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(textwrap.dedent("""\
+        Metadata-Version: 2.1
+        Name: rlopt-plugin
+        Version: 1.0
+        Provides-Extra: heavy
+        Requires-Dist: no-such-distribution-for-rlopt-tests>=1; extra == "heavy"
+        """))
+    (info / "entry_points.txt").write_text(textwrap.dedent("""\
+        [rlopt.commands]
+        hello = rlopt_plugin_mod:hello
+        heavy = rlopt_plugin_mod:hello [heavy]
+        """))
+    (tmp_path / "rlopt_plugin_mod.py").write_text(textwrap.dedent('''\
+        def hello(argv):
+            """Say hello."""
+            print("hello", *argv)
+            return 7
+        '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("rlopt_plugin_mod", None)
+
+
+def test_a_third_party_command_runs_with_its_arguments(third_party: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "hello" in cli.commands()
+    assert cli.main(["hello", "a", "b"]) == 7
+    assert capsys.readouterr().out == "hello a b\n"
+
+
+def test_a_missing_extra_is_named_in_one_line(third_party: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["heavy"])
+    message = str(exc.value.code)
+    assert "\n" not in message
+    assert message == ("rlopt heavy: needs the extra 'heavy' (no-such-distribution-for-rlopt-tests not installed): "
+                       "pip install 'rlopt-plugin[heavy]'")
+    assert "rlopt_plugin_mod" not in sys.modules  # refused before importing anything
+
+
+def test_help_says_which_extra_a_command_needs(third_party: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "heavy (needs the extra 'heavy')" in out and "hello Say hello" in out

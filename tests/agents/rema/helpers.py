@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from agents.rema.policy import Generation, TinyConfig, TinyPolicy
+from rlopt.agents.rema.policy import Generation, TinyConfig, TinyPolicy
 
 
 class ScriptedPolicy(TinyPolicy):

@@ -1,4 +1,4 @@
-"""``agents.rema.cli.main``: a short end-to-end run writes checkpoints, history, TensorBoard logs and the PNG."""
+"""``rlopt.agents.rema.cli.main``: a short end-to-end run writes checkpoints, history, TensorBoard logs and the PNG."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.rema import ReMA
-from agents.rema.cli import build_parser, main
-from agents.rema.plotting import plot_accuracy
+from rlopt.agents.rema import ReMA
+from rlopt.agents.rema.cli import build_parser, main
+from rlopt.agents.rema.plotting import plot_accuracy
 
 
 def test_cli_trains_rema_and_baselines_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

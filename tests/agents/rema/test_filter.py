@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.rema import ReMA, RewardConfig, TinyConfig, TinyPolicy
-from agents.rema.policy import Generation
-from agents.rema.rollout import Sampling, consistency, in_range, rollout_single_turn, success_rates
-from envs.reasoning import ArithmeticTasks, ReasoningTask
+from rlopt.agents.rema import ReMA, RewardConfig, TinyConfig, TinyPolicy
+from rlopt.agents.rema.policy import Generation
+from rlopt.agents.rema.rollout import Sampling, consistency, in_range, rollout_single_turn, success_rates
+from rlopt.envs.reasoning import ArithmeticTasks, ReasoningTask
 
 from .helpers import ScriptedPolicy
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from agents.rema.losses import (
+from rlopt.agents.rema.losses import (
     grpo_advantages,
     k3_kl,
     masked_mean,

@@ -7,9 +7,9 @@ import doctest
 import pytest
 import torch
 
-import agents.rema
-from agents.rema import policy as policy_module
-from agents.rema.policy import CharTokenizer, TinyConfig, TinyPolicy, sample_next_token
+from rlopt.agents import rema
+from rlopt.agents.rema import policy as policy_module
+from rlopt.agents.rema.policy import CharTokenizer, TinyConfig, TinyPolicy, sample_next_token
 
 from .helpers import tiny_hf_model
 
@@ -19,7 +19,7 @@ def _prompts(policy: TinyPolicy) -> list[list[int]]:
             for k in range(1, 5)]
 
 
-def _check_generation_matches_full_forward(policy: agents.rema.Policy, prompts: list[list[int]]) -> None:
+def _check_generation_matches_full_forward(policy: rema.Policy, prompts: list[list[int]]) -> None:
     out = policy.generate(prompts, 12, generator=torch.Generator(device=policy.device).manual_seed(0))
     for prompt, tokens, logp in zip(prompts, out.tokens, out.logprobs, strict=True):
         ids = torch.tensor([prompt + tokens], device=policy.device)
@@ -97,7 +97,7 @@ def test_frozen_copy_is_detached_and_equal() -> None:
 
 def test_hf_adapter_logprobs_equal_a_direct_forward() -> None:
     pytest.importorskip("transformers")
-    from agents.rema.hf import HFPolicy
+    from rlopt.agents.rema.hf import HFPolicy
 
     model, tokenizer = tiny_hf_model()
     policy = HFPolicy(model, tokenizer)
@@ -117,7 +117,7 @@ def test_hf_adapter_logprobs_equal_a_direct_forward() -> None:
 
 def test_hf_adapter_rejects_a_tokenizer_without_chat_template() -> None:
     pytest.importorskip("transformers")
-    from agents.rema.hf import HFPolicy
+    from rlopt.agents.rema.hf import HFPolicy
 
     model, tokenizer = tiny_hf_model(chat_template=False)
     with pytest.raises(ValueError, match="chat template"):
@@ -131,8 +131,8 @@ def test_docstring_examples() -> None:
 def test_hf_adapter_without_transformers_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from agents.rema.hf import require_transformers
+    from rlopt.agents.rema.hf import require_transformers
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
-    with pytest.raises(ImportError, match=r"rlopt\[llm\]"):
+    with pytest.raises(ImportError, match=r"torch-rlopt\[hf\]"):
         require_transformers()

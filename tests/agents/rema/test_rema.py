@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import agents.rema
-from agents.rema import ReMA, RewardConfig, TinyConfig
-from agents.rema import rema as rema_module
-from agents.rema.rema import _pad_segments
-from envs.reasoning import ArithmeticTasks, ReasoningTask, make_split
+from rlopt.agents import rema as rema_package
+from rlopt.agents.rema import ReMA, RewardConfig, TinyConfig
+from rlopt.agents.rema import rema as rema_module
+from rlopt.agents.rema.rema import _pad_segments
+from rlopt.envs.reasoning import ArithmeticTasks, ReasoningTask, make_split
 
 from .helpers import ScriptedPolicy
 
@@ -191,7 +191,7 @@ def test_multi_turn_grpo_update_runs_and_reports_termination() -> None:
 
 def test_user_tasks_and_the_hugging_face_policy() -> None:
     pytest.importorskip("transformers")
-    from agents.rema.hf import HFPolicy
+    from rlopt.agents.rema.hf import HFPolicy
 
     from .helpers import tiny_hf_model
 
@@ -235,4 +235,4 @@ def test_bad_input_gets_clear_errors() -> None:
 
 def test_docstring_examples() -> None:
     assert doctest.testmod(rema_module, raise_on_error=False).failed == 0
-    assert doctest.testmod(agents.rema, raise_on_error=False).failed == 0
+    assert doctest.testmod(rema_package, raise_on_error=False).failed == 0

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from agents.rema.rollout import (
+from rlopt.agents.rema.rollout import (
     FINISH,
     TERMINATION,
     RewardConfig,
@@ -18,7 +18,7 @@ from agents.rema.rollout import (
     rollout_single_agent,
     rollout_single_turn,
 )
-from envs.reasoning import ReasoningTask, answers_match, extract_answer, make_split
+from rlopt.envs.reasoning import ReasoningTask, answers_match, extract_answer, make_split
 
 from .helpers import ScriptedPolicy
 
@@ -146,6 +146,6 @@ def test_demonstrations_are_correct_for_precedence_plans_and_faithful_otherwise(
 def test_docstring_examples() -> None:
     import doctest
 
-    from agents.rema import rollout
+    from rlopt.agents.rema import rollout
 
     assert doctest.testmod(rollout, raise_on_error=False).failed == 0

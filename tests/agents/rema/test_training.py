@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agents.rema import ReMA, TinyConfig
-from envs.reasoning import ArithmeticTasks
+from rlopt.agents.rema import ReMA, TinyConfig
+from rlopt.envs.reasoning import ArithmeticTasks
 
 
 @pytest.mark.slow

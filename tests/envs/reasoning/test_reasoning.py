@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import envs.reasoning as er
-from envs.reasoning import answers, arithmetic
+import rlopt.envs.reasoning as er
+from rlopt.envs.reasoning import answers, arithmetic
 
 
 def _reference_value(expression: str, modulus: int | None) -> int:
