@@ -280,10 +280,19 @@ def test_constructor_validation(factory: object, match: str) -> None:
 
 
 def test_param_groups_share_one_step_size() -> None:
-    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
-    opt = rlopt.SLS([{"params": [a]}, {"params": [b]}])
-    opt.step(lambda: (a**2).sum() + 2 * (b**2).sum())
+    a, b = nn.Parameter(torch.ones(2, dtype=torch.float64)), nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = rlopt.SLS([{"params": [a]}, {"params": [b]}], c=0.1)
+    loss = opt.step(lambda: (a**2).sum() + 2 * (b**2).sum())
     assert len(opt.param_groups) == 2
+    # both groups moved along their own gradient by the one step size (grad a = 2a, grad b = 4b at ones)
+    eta = opt.stats["step_size"]
+    assert 0 < eta < 1
+    torch.testing.assert_close(a.detach(), torch.full((2,), 1 - 2 * eta, dtype=torch.float64))
+    torch.testing.assert_close(b.detach(), torch.full((3,), 1 - 4 * eta, dtype=torch.float64))
+    # and that step size passed the Armijo test on the global ||g||^2 = 2 * 2^2 + 3 * 4^2 = 56
+    new_loss = float((a.detach() ** 2).sum() + 2 * (b.detach() ** 2).sum())
+    assert new_loss <= float(loss.detach()) - 0.1 * eta * 56.0
+    assert opt.stats["grad_norm"] == pytest.approx(56.0**0.5)
     with pytest.raises(ValueError, match="share the step-size hyperparameters"):
         rlopt.SLS([{"params": [a]}, {"params": [b], "c": 0.3}])
     with pytest.raises(ValueError, match="Invalid c"):
