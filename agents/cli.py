@@ -84,31 +84,25 @@ def _reward_threshold(env_id: str) -> float | None:
 
 def plot_run(run_dir: Path, out: Path) -> Path:
     """PNG of ``rollout/ep_rew_mean`` and ``train/step_size`` against env steps, from the run's event file."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure list stay untouched
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from rlopt.tools.plotting import read_scalars
 
-    acc = EventAccumulator(str(run_dir))
-    acc.Reload()
-    tags = set(acc.Tags()["scalars"])
-    fig, axes = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    scalars = read_scalars(run_dir).get(".", {})  # the run's own event file, not those of sub-folders
+    fig = Figure(figsize=(7, 6))
+    axes = fig.subplots(2, 1, sharex=True)
     for ax, tag, label in ((axes[0], "rollout/ep_rew_mean", "episode return"),
                            (axes[1], "train/step_size", "step size")):
-        if tag in tags:
-            events = acc.Scalars(tag)
-            ax.plot([e.step for e in events], [e.value for e in events])
+        if tag in scalars:
+            ax.plot(*zip(*sorted(scalars[tag]), strict=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    step_sizes = acc.Scalars("train/step_size") if "train/step_size" in tags else []
-    if any(e.value > 0 for e in step_sizes):  # a run too short to log an update has nothing to log-scale
-        axes[1].set_yscale("log")
+    if any(value > 0 for _, value in scalars.get("train/step_size", [])):  # a run too short to log an update
+        axes[1].set_yscale("log")  # has nothing to log-scale
     axes[1].set_xlabel("env steps")
     axes[0].set_title(run_dir.name)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 

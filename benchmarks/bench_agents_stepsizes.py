@@ -167,10 +167,7 @@ def fmt(x: float, spec: str) -> str:
 
 
 def report(results: dict[str, dict[str, list[dict[str, Any]]]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure list stay untouched
 
     for env_id, by_method in results.items():
         settings = SETTINGS[env_id]
@@ -195,7 +192,8 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]], out: Path) -> No
             best_eval = -rank(runs)[3]
             print(f"| {name}{tag} | {solved}/{len(runs)} | {fmt(steps, '.0f')} | {fmt(secs, '.1f')} | {per_seed} | "
                   f"{best_eval:.0f} |")
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
         every, budget = int(settings["eval_every"]), int(settings["budget"])
         grid = np.arange(every, budget + 1, every)
         for name in [*rules, *([best] if best else [])]:
@@ -215,7 +213,6 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]], out: Path) -> No
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / f"agents_stepsizes_{env_id}.png", dpi=100)
-        plt.close(fig)
 
 
 def study(args: argparse.Namespace) -> dict[str, dict[str, list[dict[str, Any]]]]:

@@ -199,10 +199,7 @@ def best_grid_points(results: dict[str, Any]) -> dict[str, str]:
 
 def plot_grid(results: dict[str, Any], path: str, title: str) -> None:
     """Median test accuracy (20-80 % band over seeds) against solver time for the defaults and best grid points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure list stay untouched
 
     series: dict[str, list[dict[str, Any]]] = {}
     for rule in ("bisls", "bisps"):  # each rule's longest budget (its curve contains the shorter ones)
@@ -211,7 +208,8 @@ def plot_grid(results: dict[str, Any], path: str, title: str) -> None:
         series[_label(longest)] = results["defaults"][longest]
     for rule, key in best_grid_points(results).items():
         series[f"best {rule} grid point ({', '.join(key.split()[1:])})"] = results["grid"][key]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for label, runs in series.items():
         n = min(len(r["curve"]) for r in runs)
         t = [statistics.median(r["curve"][i]["wall_time"] for r in runs) for i in range(n)]
@@ -225,7 +223,6 @@ def plot_grid(results: dict[str, Any], path: str, title: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 TRACE_RULES = {

@@ -102,13 +102,11 @@ def make_problem(args: argparse.Namespace) -> BilevelProblem:
 
 def save_summary_png(history: BilevelHistory, path: Path, title: str) -> None:
     """A 2x2 figure: upper/lower loss, both step sizes, hypergradient norm, accuracies (if any)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure list stay untouched
 
     steps = history.column("step")
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    fig = Figure(figsize=(10, 7))
+    axes = fig.subplots(2, 2)
     ax = axes[0][0]
     upper, lower = history.column("upper_loss"), history.column("lower_loss")
     ax.plot(steps, upper, label="upper loss")
@@ -136,7 +134,6 @@ def save_summary_png(history: BilevelHistory, path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from rlopt.envs.classic import AcrobotEnv, CartPoleEnv, MountainCarContinuousEnv, MountainCarEnv, PendulumEnv
 from rlopt.envs.core import TorchVecEnv
-from rlopt.envs.registry import make, registered_ids
+from rlopt.envs.registry import GYMNASIUM_NAMESPACE, make, register_gymnasium_envs, registered_ids
 
 if TYPE_CHECKING:
     from rlopt.envs.checker import check_env
     from rlopt.envs.sb3 import SB3VecEnv
 
 __all__ = [
+    "GYMNASIUM_NAMESPACE",
     "AcrobotEnv",
     "CartPoleEnv",
     "MountainCarContinuousEnv",
@@ -27,8 +28,11 @@ __all__ = [
     "TorchVecEnv",
     "check_env",
     "make",
+    "register_gymnasium_envs",
     "registered_ids",
 ]
+
+register_gymnasium_envs()
 
 
 def __getattr__(name: str) -> Any:

@@ -37,7 +37,8 @@ class CartPoleEnv(TorchVecEnv):
     ``|theta| > 12 deg``; truncated after 500 steps; reset state uniform in [-0.05, 0.05]^4.
 
     Example:
-        >>> import torch, envs
+        >>> import torch
+        >>> from rlopt import envs
         >>> env = envs.make("CartPole-v1", num_envs=4, seed=1)
         >>> obs, _ = env.reset()
         >>> obs, reward, terminated, truncated, info = env.step(torch.zeros(4, dtype=torch.long))
@@ -98,7 +99,8 @@ class AcrobotEnv(TorchVecEnv):
     Observation ``[cos t1, sin t1, cos t2, sin t2, dt1, dt2]``.
 
     Example:
-        >>> import torch, envs
+        >>> import torch
+        >>> from rlopt import envs
         >>> env = envs.make("Acrobot-v1", num_envs=2, seed=0)
         >>> obs, _ = env.reset()
         >>> obs.shape
@@ -204,7 +206,8 @@ class MountainCarEnv(TorchVecEnv):
     reward -1 per step; truncated after 200 steps; reset p ~ U(-0.6, -0.4), v = 0.
 
     Example:
-        >>> import torch, envs
+        >>> import torch
+        >>> from rlopt import envs
         >>> env = envs.make("MountainCar-v0", num_envs=3, seed=0)
         >>> obs, _ = env.reset()
         >>> bool((obs[:, 1] == 0).all())
@@ -258,7 +261,8 @@ class MountainCarContinuousEnv(MountainCarEnv):
     default dtype here is float32 too.
 
     Example:
-        >>> import torch, envs
+        >>> import torch
+        >>> from rlopt import envs
         >>> env = envs.make("MountainCarContinuous-v0", num_envs=2, seed=0)
         >>> _ = env.reset()
         >>> obs, reward, *_ = env.step(torch.full((2, 1), 3.0))  # the force is clipped to 1
@@ -319,7 +323,8 @@ class PendulumEnv(TorchVecEnv):
         **kwargs: see `TorchVecEnv`.
 
     Example:
-        >>> import torch, envs
+        >>> import torch
+        >>> from rlopt import envs
         >>> env = envs.make("Pendulum-v1", num_envs=2, seed=0)
         >>> obs, _ = env.reset()
         >>> obs.shape

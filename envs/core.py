@@ -129,7 +129,8 @@ class TorchVecEnv(VectorEnv):
             Ignored on other devices.
 
     Example:
-        >>> import torch, envs
+        >>> import torch
+        >>> from rlopt import envs
         >>> env = envs.make("CartPole-v1", num_envs=8, seed=0)
         >>> obs, info = env.reset(seed=0)
         >>> obs, reward, terminated, truncated, info = env.step(torch.ones(8, dtype=torch.long))

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import gymnasium as gym
 import torch
 from gymnasium.vector import AutoresetMode
 
 from rlopt.envs.classic import ENV_CLASSES
 from rlopt.envs.core import TorchVecEnv
 
-__all__ = ["make", "registered_ids"]
+__all__ = ["GYMNASIUM_NAMESPACE", "make", "register_gymnasium_envs", "registered_ids"]
+
+#: ids in Gymnasium's registry are ``rlopt/<id>`` (the plain ids stay Gymnasium's own)
+GYMNASIUM_NAMESPACE = "rlopt"
 
 
 def registered_ids() -> list[str]:
@@ -55,3 +59,21 @@ def make(
     return ENV_CLASSES[env_id](
         num_envs=num_envs, device=device, seed=seed, autoreset_mode=autoreset_mode, **kwargs
     )
+
+
+def register_gymnasium_envs() -> None:
+    """Register every env with Gymnasium as ``rlopt/<id>``, so ``gymnasium.make_vec`` builds the batched env.
+
+    ``gymnasium.make_vec("rlopt/CartPole-v1", num_envs=4096, device="cuda")`` returns the `TorchVecEnv` (the
+    spec's ``vector_entry_point``), with the spec's ``max_episode_steps`` and reward threshold and any keyword
+    of `make`; ``gymnasium.make("rlopt/CartPole-v1")`` gives Gymnasium's own single env, the reference the
+    batched one matches step for step. ``import rlopt.envs`` registers them (idempotent), and Gymnasium's
+    ``"rlopt.envs:rlopt/CartPole-v1"`` form imports the module itself.
+    """
+    for env_id, cls in ENV_CLASSES.items():
+        name = f"{GYMNASIUM_NAMESPACE}/{env_id}"
+        if name in gym.registry:
+            continue
+        reference = gym.spec(env_id)
+        gym.register(name, entry_point=reference.entry_point, vector_entry_point=f"{cls.__module__}:{cls.__name__}",
+                     max_episode_steps=reference.max_episode_steps, reward_threshold=reference.reward_threshold)

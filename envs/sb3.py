@@ -37,7 +37,8 @@ class SB3VecEnv(VecEnv):
         env: the batched environment (SAME_STEP autoreset).
 
     Example:
-        >>> import numpy as np, envs
+        >>> import numpy as np
+        >>> from rlopt import envs
         >>> venv = envs.SB3VecEnv(envs.make("CartPole-v1", num_envs=4, seed=0, autoreset_mode="same_step"))
         >>> obs = venv.reset()
         >>> obs, rewards, dones, infos = venv.step(np.ones(4, dtype=np.int64))

@@ -24,3 +24,16 @@ def _devices() -> list[object]:
 @pytest.fixture(params=_devices())
 def device(request: pytest.FixtureRequest) -> torch.device:
     return torch.device(request.param)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if anything imported a layer by its folder name (``envs`` instead of ``rlopt.envs``): from a
+    checkout's root the folders are importable by accident, and a second copy of a package splits its classes."""
+    import sys
+
+    bare = sorted(m for m in sys.modules if m.split(".")[0] in {"envs", "agents", "bilevel", "tools"})
+    if bare:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"ERROR: modules imported by folder name instead of rlopt.*: {bare}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

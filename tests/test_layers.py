@@ -8,6 +8,7 @@ pyproject.toml are checked here too, so a broken arrow fails the test suite, not
 from __future__ import annotations
 
 import ast
+import doctest
 import re
 import sys
 from importlib import metadata
@@ -92,11 +93,23 @@ def test_no_code_imports_a_layer_by_its_folder_name() -> None:
     """``import envs`` works from a checkout's root by accident (the folder is on sys.path); installed, only
     ``rlopt.envs`` exists, so every import names the installed module."""
     bare = []
+    parser = doctest.DocTestParser()
     for file in _python_files():
-        for node in ast.walk(ast.parse(file.read_text(), str(file))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
-            bare += [f"{file.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n.split(".")[0] in LAYER_FOLDERS]
+        tree = ast.parse(file.read_text(), str(file))
+        trees = [(tree, 0)]
+        for node in ast.walk(tree):  # and the examples in the docstrings, which the doctests run
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            doc = ast.get_docstring(node, clean=False)
+            source = "\n".join(e.source for e in parser.get_examples(doc or ""))
+            if source.strip():
+                trees.append((ast.parse(source), node.body[0].lineno))
+        for tree_, offset in trees:
+            for node in ast.walk(tree_):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                bare += [f"{file.relative_to(ROOT)}:{offset or node.lineno} {n}" for n in names  # type: ignore[attr-defined]
+                         if n.split(".")[0] in LAYER_FOLDERS]
     assert not bare, bare
 
 
@@ -105,3 +118,19 @@ def test_the_checkout_maps_each_folder_into_the_namespace(folder: str) -> None:
     """rlopt/<folder> is a link to the top-level folder, the layout the wheel has (pyproject's package-dir)."""
     link = ROOT / "rlopt" / folder
     assert link.is_symlink() and link.resolve() == (ROOT / folder).resolve()
+
+
+def test_library_code_never_switches_the_matplotlib_backend() -> None:
+    """``matplotlib.use`` (or pyplot, which keeps global figures) in a library changes the user's session: the
+    plots draw on ``matplotlib.figure.Figure`` directly."""
+    offenders = []
+    for file in _python_files():
+        if file.relative_to(ROOT).parts[0] in ("tests", "benchmarks", "examples"):
+            continue
+        for node in ast.walk(ast.parse(file.read_text(), str(file))):
+            if isinstance(node, ast.Attribute) and node.attr == "use" and getattr(node.value, "id", "") == "matplotlib":
+                offenders.append(f"{file.relative_to(ROOT)}:{node.lineno} matplotlib.use")
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                offenders += [f"{file.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n == "matplotlib.pyplot"]
+    assert not offenders, offenders

@@ -265,13 +265,12 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 def plot(results: dict[str, dict[str, list[RunResult]]], path: str | Path) -> Path:
     """Training loss per epoch and step size per step, one column per task; returns the PNG path."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure list stay untouched
 
     tasks = list(results)
-    fig, axes = plt.subplots(2, len(tasks), figsize=(6.5 * len(tasks), 8), squeeze=False)
-    colors = plt.get_cmap("tab10")
+    fig = Figure(figsize=(6.5 * len(tasks), 8))
+    axes = fig.subplots(2, len(tasks), squeeze=False)
+    colors = matplotlib.colormaps["tab10"]
     for col, task_name in enumerate(tasks):
         by_label = results[task_name]
         target = load_task(task_name).target
@@ -301,5 +300,4 @@ def plot(results: dict[str, dict[str, list[RunResult]]], path: str | Path) -> Pa
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out

@@ -32,10 +32,7 @@ def read_scalars(run_dir: str | Path) -> dict[str, dict[str, list[tuple[int, flo
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, tags: list[str] | None = None) -> Path:
     """One panel per scalar tag, one line per run; returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure list stay untouched
 
     data = read_scalars(run_dir)
     all_tags = sorted({t for by_tag in data.values() for t in by_tag})
@@ -46,7 +43,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, tags: list[str]
         all_tags = [t for t in all_tags if t in tags]
     cols = min(3, len(all_tags))
     rows = math.ceil(len(all_tags) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
+    fig = Figure(figsize=(5.2 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, tag in zip(axes.flat, all_tags, strict=False):
         for run, by_tag in sorted(data.items()):
             if tag in by_tag:
@@ -63,5 +61,4 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, tags: list[str]
     path = Path(out) if out is not None else Path(run_dir) / "scalars.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

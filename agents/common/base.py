@@ -12,10 +12,8 @@ Because the class is an SB3 ``BaseAlgorithm``, SB3's ``evaluate_policy``, callba
 
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
@@ -32,6 +30,7 @@ from stable_baselines3.common.utils import explained_variance, get_device, safe_
 from stable_baselines3.common.vec_env import VecEnv
 
 import rlopt
+from rlopt._atomic import atomic_write
 from rlopt.agents.common.buffer import RolloutBatch, RolloutBuffer
 from rlopt.agents.common.env_util import Stepper, check_env_kwargs, resolve_env, to_sb3
 from rlopt.agents.common.optim import (
@@ -286,18 +285,8 @@ class OnPolicyAgent(BaseAlgorithm):
         target = pathlib.Path(path)
         if target.suffix != ".zip":
             target = target.with_suffix(".zip")  # SB3 appends .zip to a path without it
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                super().save(f, exclude=exclude, include=include)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(target) as f:
+            super().save(f, exclude=exclude, include=include)
 
     @classmethod
     def load(

@@ -29,12 +29,10 @@ def plot_accuracy(
         raise ValueError(f"Invalid x: {x!r}, expected 'samples', 'tokens' or 'update'")
     if not any(any("accuracy" in row for row in rows) for rows in histories.values()):
         raise ValueError("Invalid histories: no run has an evaluated accuracy to plot")
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure list stay untouched
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
     for i, (name, rows) in enumerate(histories.items()):
         color = f"C{i}"
         for key, style, suffix in (("accuracy", "-", ""), ("ood_accuracy", "--", " (OOD)")):
@@ -51,5 +49,4 @@ def plot_accuracy(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import pickle
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 import rlopt
+from rlopt._atomic import atomic_write
 from rlopt.agents.rema.losses import grpo_advantages, k3_kl, masked_mean, policy_loss, reinforce_pp_advantages
 from rlopt.agents.rema.policy import Policy, TinyConfig, TinyPolicy
 from rlopt.agents.rema.rollout import (
@@ -718,8 +719,6 @@ class ReMA:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write a checkpoint atomically (a temporary file in the same directory, then ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "format": 1,
             "kwargs": self._init_kwargs,
@@ -748,15 +747,8 @@ class ReMA:
                 self._task_stream.max_operand, self._task_stream.operators],
             "sampler": self.sampler.get_state(),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_write(path) as f:
+            torch.save(state, f)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
@@ -766,7 +758,12 @@ class ReMA:
         ``overrides`` replace constructor arguments, e.g. ``rewards=`` for a :class:`RewardConfig` subclass
         (only the fields of the reward settings are stored) or ``tensorboard_log=``.
         """
-        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+        try:
+            # weights only: tensors and plain containers, never an object whose unpickling runs code
+            state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(f"Invalid checkpoint: {path} holds objects other than tensors and plain data "
+                             f"(a ReMA checkpoint never does), so it is refused: {error}") from None
         if not isinstance(state, dict) or state.get("format") != 1:
             raise ValueError(f"Invalid checkpoint: {path} is not a ReMA checkpoint")
         if state["policy"] != "tiny" and policy is None:

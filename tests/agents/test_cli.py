@@ -1,4 +1,4 @@
-"""agents.cli.train_main: the `rlopt train` logic end to end on a small budget."""
+"""rlopt.agents.cli.train_main: the `rlopt train` logic end to end on a small budget."""
 
 from __future__ import annotations
 

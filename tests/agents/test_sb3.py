@@ -1,4 +1,4 @@
-"""agents.sb3.PPO: SB3's own PPO with a closure-stepped optimizer."""
+"""rlopt.agents.sb3.PPO: SB3's own PPO with a closure-stepped optimizer."""
 
 from __future__ import annotations
 

@@ -150,6 +150,29 @@ def test_save_load_round_trip_resumes_identically(tmp_path: Path) -> None:
     assert agent.history == loaded.history
 
 
+class _Payload:
+    """Unpickling this object creates a file: the stand-in for a checkpoint that runs code on load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))  # type: ignore[return-value]
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    agent = _agent()
+    path = tmp_path / "rema.pt"
+    agent.save(path)
+    state = torch.load(path, weights_only=True)
+    marker = tmp_path / "payload-ran"
+    state["history"] = [_Payload(marker)]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"rema\.pt holds objects other than tensors and plain data"):
+        ReMA.load(path)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("optimizer", [{"meta": "sls", "reasoner": "sps"}, "ponos", "adasls"])
 def test_any_rlopt_optimizer_per_agent(optimizer: object) -> None:
     agent = _agent(optimizer=optimizer, switch_every=1)

@@ -1,4 +1,4 @@
-"""envs.reasoning: generator properties, exact verifier, extractor, normaliser, JSONL loader, bad input."""
+"""rlopt.envs.reasoning: generator properties, exact verifier, extractor, normaliser, JSONL loader, bad input."""
 
 from __future__ import annotations
 
