@@ -21,7 +21,7 @@ ALGORITHMS = ("PPO", "A2C", "REINFORCE")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from rlopt.agents.common.optim import OPTIMIZER_NAMES
+    import rlopt
 
     p = argparse.ArgumentParser(
         prog="rlopt train",
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="algorithm (default: PPO)")
     p.add_argument("env", nargs="?", default="CartPole-v1",
                    help="env id: a tensor-batched env of the envs package or a Gymnasium id (default: CartPole-v1)")
-    p.add_argument("--optimizer", default="adam", choices=OPTIMIZER_NAMES,
+    p.add_argument("--optimizer", default="adam", choices=tuple(rlopt.OPTIMIZERS),
                    help="step-size rule (default: adam at the tuned learning rate)")
     p.add_argument("--optimizer-kwargs", default=None, type=json.loads, metavar="JSON",
                    help='optimizer keyword arguments as JSON, e.g. \'{"c": 0.5}\'')

@@ -7,9 +7,8 @@ change: ``train`` builds the minibatch loss as a closure and steps the optimizer
 own code, so an existing SB3 script switches by changing one import and adding ``optimizer="sls"``.
 
 With ``optimizer="adam"`` the update is SB3's own, step for step (the tests check parameter equality with
-``stable_baselines3.PPO``). The one difference in semantics: with ``target_kl`` set, SB3 checks the
-approximate KL before the minibatch step and skips it; here the check uses the closure's first evaluation
-and stops after that step.
+``stable_baselines3.PPO``, ``target_kl`` included: the loss terms and the KL stop are
+:mod:`rlopt.agents.ppo.loss`, which :class:`rlopt.agents.PPO` uses too).
 
 Example:
     >>> from rlopt.agents.sb3 import PPO
@@ -29,7 +28,9 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.utils import explained_variance
 
-from rlopt.agents.common.optim import build_optimizer, check_optimizer, step_stats
+import rlopt
+from rlopt.agents.common.optim import build_optimizer, check_optimizer
+from rlopt.agents.ppo import loss as loss_terms
 
 __all__ = ["PPO"]
 
@@ -75,7 +76,6 @@ class PPO(stable_baselines3.PPO):
 
     def train(self) -> None:
         """SB3's PPO update with the optimizer stepped through a closure over each minibatch."""
-        import rlopt
 
         self.policy.set_training_mode(True)
         if self._is_torch_optimizer():
@@ -96,43 +96,36 @@ class PPO(stable_baselines3.PPO):
                 advantages = data.advantages
                 if self.normalize_advantage and len(advantages) > 1:
                     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                if self.target_kl is not None:  # SB3's check: the KL before this minibatch's step
+                    with torch.no_grad():
+                        _, log_prob, _ = self.policy.evaluate_actions(data.observations, actions)
+                    if loss_terms.kl_stop(loss_terms.approx_kl(log_prob - data.old_log_prob), self.target_kl):
+                        continue_training = False
+                        break
                 first: dict[str, float] = {}
 
                 def closure(data: Any = data, actions: torch.Tensor = actions, advantages: torch.Tensor = advantages,
                             first: dict[str, float] = first) -> torch.Tensor:
                     values, log_prob, entropy = self.policy.evaluate_actions(data.observations, actions)
-                    values = values.flatten()
-                    ratio = torch.exp(log_prob - data.old_log_prob)
-                    policy_loss = -torch.min(
-                        advantages * ratio, advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
-                    ).mean()
-                    if clip_range_vf is None:
-                        values_pred = values
-                    else:
-                        values_pred = data.old_values + torch.clamp(values - data.old_values, -clip_range_vf,
-                                                                    clip_range_vf)
-                    value_loss = torch.nn.functional.mse_loss(data.returns, values_pred)
+                    surrogate = loss_terms.clipped_surrogate(log_prob, data.old_log_prob, advantages, clip_range)
+                    value_loss = loss_terms.value_loss(values.flatten(), data.old_values, data.returns, clip_range_vf)
                     entropy_loss = -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
-                    total = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                    total = surrogate.loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                     if torch.is_grad_enabled() and not first:
                         with torch.no_grad():
-                            log_ratio = log_prob - data.old_log_prob
                             first.update(
-                                policy_gradient_loss=policy_loss.item(), value_loss=value_loss.item(),
+                                policy_gradient_loss=surrogate.loss.item(), value_loss=value_loss.item(),
                                 entropy_loss=entropy_loss.item(),
-                                clip_fraction=torch.mean((torch.abs(ratio - 1) > clip_range).float()).item(),
-                                approx_kl=torch.mean((torch.exp(log_ratio) - 1) - log_ratio).item(),
+                                clip_fraction=surrogate.clip_fraction(clip_range).item(),
+                                approx_kl=surrogate.approx_kl().item(),
                             )
                     return total
 
                 loss = rlopt.closure_step(self.policy.optimizer, closure, max_grad_norm=self.max_grad_norm)
-                step_size, backtracks, forward_calls = step_stats(self.policy.optimizer)
+                step_size, backtracks, forward_calls = rlopt.step_stats(self.policy.optimizer)
                 for key, value in {**first, "step_size": step_size, "backtracks": backtracks,
                                    "forward_calls": forward_calls}.items():
                     logs.setdefault(key, []).append(value)
-                if self.target_kl is not None and first["approx_kl"] > 1.5 * self.target_kl:
-                    continue_training = False
-                    break
             self._n_updates += 1
             if not continue_training:
                 break

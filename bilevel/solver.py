@@ -142,7 +142,7 @@ def _leaf_tree(tree: Tree, requires_grad: bool) -> Tree:
 
 def _check_rule(spec: object, name: str) -> None:
     if isinstance(spec, str):
-        if spec not in RULES and spec not in rlopt.OPTIMIZERS:
+        if spec not in RULES and spec.lower() not in rlopt.OPTIMIZERS:
             raise ValueError(
                 f"Invalid {name}: {spec!r}, expected one of {list(RULES)}, a name in {sorted(rlopt.OPTIMIZERS)}, "
                 "a torch.optim.Optimizer class or a factory params -> optimizer"
@@ -333,12 +333,8 @@ class BilevelSolver:
 
             loss = rlopt.closure_step(self.lower_opt, closure)
             loss_value = float(loss.detach())
-            stats = getattr(self.lower_opt, "stats", None)
-            if isinstance(self.lower_opt, rlopt.StepSizeOptimizer) and stats is not None:
-                step_size = float(stats.get("step_size", 0.0))
-                backtracks += int(stats.get("backtracks", 0))
-            else:
-                step_size = float(self.lower_opt.param_groups[0].get("lr", float("nan")))
+            step_size, step_backtracks, _ = rlopt.step_stats(self.lower_opt)
+            backtracks += int(step_backtracks)
         if not _tree.is_finite(_tree.detach(self.y)):
             with torch.no_grad():
                 for leaf, saved in zip(_tree.leaves(self.y), _tree.leaves(snapshot), strict=True):
@@ -479,16 +475,10 @@ class BilevelSolver:
                 return linear - linear.detach() + value
 
             rlopt.closure_step(self.upper_opt, closure)
-            stats = self.upper_opt.stats
-            return {
-                "upper_step_size": float(stats.get("step_size", 0.0)),
-                "upper_backtracks": float(stats.get("backtracks", 0)),
-            }
-        self.upper_opt.step()
-        return {
-            "upper_step_size": float(self.upper_opt.param_groups[0].get("lr", float("nan"))),
-            "upper_backtracks": 0.0,
-        }
+        else:
+            self.upper_opt.step()
+        step_size, backtracks, _ = rlopt.step_stats(self.upper_opt)
+        return {"upper_step_size": step_size, "upper_backtracks": backtracks}
 
     def _lookahead(
         self, x0: Tree, y0: Tree, alpha: float, lower_batch: Any, upper_batch: Any

@@ -8,7 +8,16 @@ The closure protocol shared by all optimizers is documented in :mod:`rlopt.closu
 """
 
 from rlopt import envelope
-from rlopt.factory import OPTIMIZERS, build_optimizer, closure_step
+from rlopt.factory import (
+    OPTIMIZERS,
+    OptimizerSpec,
+    StepStats,
+    build_optimizer,
+    closure_step,
+    optimizer_spec,
+    register_optimizer,
+    step_stats,
+)
 from rlopt.optimizer import StepSizeOptimizer
 from rlopt.polyak_pg import PolyakPG
 from rlopt.ponos import PoNoS
@@ -21,11 +30,16 @@ __all__ = [
     "OPTIMIZERS",
     "SLS",
     "SPS",
+    "OptimizerSpec",
     "PoNoS",
     "PolyakPG",
     "StepSizeOptimizer",
+    "StepStats",
     "__version__",
     "build_optimizer",
     "closure_step",
     "envelope",
+    "optimizer_spec",
+    "register_optimizer",
+    "step_stats",
 ]

@@ -7,7 +7,8 @@ functions so that rlopt's rules and plain ``torch.optim`` optimizers are interch
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -19,17 +20,56 @@ from rlopt.ponos import PoNoS
 from rlopt.sls import SLS
 from rlopt.sps import SPS
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "closure_step"]
+__all__ = [
+    "OPTIMIZERS",
+    "OptimizerSpec",
+    "StepStats",
+    "build_optimizer",
+    "closure_step",
+    "optimizer_spec",
+    "register_optimizer",
+    "step_stats",
+]
+
+OptimizerLike = str | type[torch.optim.Optimizer] | torch.optim.Optimizer
 
 
-def _adam(params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
-    kwargs.setdefault("lr", 1e-3)
-    return torch.optim.Adam(params, **kwargs)
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer known by name, with the traits that callers otherwise re-derive from its class.
+
+    Attributes:
+        name: the registry key (``build_optimizer(name, ...)``).
+        cls: the optimizer class that ``factory`` returns.
+        factory: ``factory(params, **kwargs)`` builds it; calling the spec does the same.
+        line_search: the rule re-evaluates the closure at trial points (SLS, AdaSLS, PoNoS), so a loss with
+            several parts (a policy and a critic) is better given one optimizer per part.
+        needs_value: ``step`` needs ``value=`` as well as the closure (PolyakPG's return estimate).
+        default_lr: the learning rate it gets when none is given; ``None`` for the tuning-free rules.
+    """
+
+    name: str
+    cls: type[torch.optim.Optimizer]
+    factory: Callable[..., torch.optim.Optimizer]
+    line_search: bool = False
+    needs_value: bool = False
+    default_lr: float | None = None
+
+    @property
+    def tuning_free(self) -> bool:
+        """Whether the rule sets its own step size (no learning rate to tune)."""
+        return issubclass(self.cls, StepSizeOptimizer)
+
+    def __call__(self, params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
+        return self.factory(params, **kwargs)
 
 
-def _sgd(params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
-    kwargs.setdefault("lr", 1e-2)
-    return torch.optim.SGD(params, **kwargs)
+def _with_lr(cls: type[torch.optim.Optimizer], lr: float) -> Callable[..., torch.optim.Optimizer]:
+    def factory(params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
+        kwargs.setdefault("lr", lr)
+        return cls(params, **kwargs)
+
+    return factory
 
 
 def _adasls(params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
@@ -37,21 +77,69 @@ def _adasls(params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
     return SLS(params, **kwargs)
 
 
-#: names accepted by :func:`build_optimizer`
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adam": _adam,
-    "sgd": _sgd,
-    "sls": SLS,
-    "adasls": _adasls,
-    "sps": SPS,
-    "ponos": PoNoS,
-    "polyak": PolyakPG,
+#: the optimizers :func:`build_optimizer` knows by name (add more with :func:`register_optimizer`)
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    spec.name: spec
+    for spec in (
+        OptimizerSpec("adam", torch.optim.Adam, _with_lr(torch.optim.Adam, 1e-3), default_lr=1e-3),
+        OptimizerSpec("sgd", torch.optim.SGD, _with_lr(torch.optim.SGD, 1e-2), default_lr=1e-2),
+        OptimizerSpec("sls", SLS, SLS, line_search=True),
+        OptimizerSpec("adasls", SLS, _adasls, line_search=True),
+        OptimizerSpec("sps", SPS, SPS),
+        OptimizerSpec("ponos", PoNoS, PoNoS, line_search=True),
+        OptimizerSpec("polyak", PolyakPG, PolyakPG, needs_value=True),
+    )
 }
 
 
-def build_optimizer(
-    optimizer: str | type[torch.optim.Optimizer], params: Iterable[Any], **kwargs: Any
-) -> torch.optim.Optimizer:
+def register_optimizer(spec: OptimizerSpec, *, replace: bool = False) -> None:
+    """Make ``spec`` available by its name everywhere an optimizer name is accepted.
+
+    Raises:
+        ValueError: if the name is taken and ``replace`` is false.
+    """
+    key = spec.name.lower()
+    if key in OPTIMIZERS and not replace:
+        raise ValueError(f"Invalid name: {spec.name!r} is already registered (pass replace=True to replace it)")
+    OPTIMIZERS[key] = spec
+
+
+def _names() -> str:
+    return ", ".join(repr(n) for n in sorted(OPTIMIZERS))
+
+
+def optimizer_spec(optimizer: OptimizerLike) -> OptimizerSpec:
+    """The spec of a registered name, or of an optimizer class or instance (its traits from the class).
+
+    Raises:
+        ValueError: on an unknown name. TypeError: on anything that is not a name, an optimizer class or an
+        optimizer.
+
+    Example:
+        >>> import rlopt
+        >>> rlopt.optimizer_spec("ponos").line_search, rlopt.optimizer_spec("adam").default_lr
+        (True, 0.001)
+    """
+    if isinstance(optimizer, str):
+        key = optimizer.lower()
+        if key not in OPTIMIZERS:
+            raise ValueError(f"Invalid optimizer: {optimizer!r}, expected one of {_names()} "
+                             "or a torch.optim.Optimizer subclass")
+        return OPTIMIZERS[key]
+    cls = type(optimizer) if isinstance(optimizer, torch.optim.Optimizer) else optimizer
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise TypeError(f"Invalid optimizer: {optimizer!r} (type {type(optimizer).__name__}), expected a name in "
+                        f"{_names()} or a torch.optim.Optimizer subclass")
+    same = [spec for spec in OPTIMIZERS.values() if spec.cls is cls]
+    if same:  # the registered traits, the class itself as the factory (its own defaults)
+        exact = [spec for spec in same if spec.factory is cls]
+        return exact[0] if exact else replace(same[0], factory=cls)
+    return OptimizerSpec(cls.__name__.lower(), cls, cls, line_search=issubclass(cls, (SLS, PoNoS)),
+                         needs_value=issubclass(cls, PolyakPG))
+
+
+def build_optimizer(optimizer: str | type[torch.optim.Optimizer], params: Iterable[Any], **kwargs: Any
+                    ) -> torch.optim.Optimizer:
     """An optimizer from a name in :data:`OPTIMIZERS` or a ``torch.optim.Optimizer`` subclass.
 
     ``"adam"`` and ``"sgd"`` are torch's, with ``lr`` defaulting to 1e-3 and 1e-2; ``"adasls"`` is
@@ -62,16 +150,28 @@ def build_optimizer(
         >>> type(rlopt.build_optimizer("sls", torch.nn.Linear(2, 1).parameters())).__name__
         'SLS'
     """
-    if isinstance(optimizer, str):
-        key = optimizer.lower()
-        if key not in OPTIMIZERS:
-            raise ValueError(f"Invalid optimizer: {optimizer!r}, expected one of {sorted(OPTIMIZERS)} "
-                             "or a torch.optim.Optimizer subclass")
-        return OPTIMIZERS[key](params, **kwargs)
-    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
-        return optimizer(params, **kwargs)
-    raise TypeError(f"Invalid optimizer: {optimizer!r}, expected a name in {sorted(OPTIMIZERS)} "
-                    "or a torch.optim.Optimizer subclass")
+    return optimizer_spec(optimizer)(params, **kwargs)
+
+
+class StepStats(NamedTuple):
+    """What every optimizer's last step reports, read the same way for rlopt's rules and torch's."""
+
+    step_size: float
+    backtracks: float
+    forward_calls: float
+
+
+def step_stats(optimizer: torch.optim.Optimizer) -> StepStats:
+    """``(step_size, backtracks, forward_calls)`` of the last step of any optimizer.
+
+    rlopt's optimizers report them in ``optimizer.stats``; a torch optimizer's step size is the learning rate
+    of its first parameter group (NaN if it has none), with no backtracks and one forward call.
+    """
+    stats = getattr(optimizer, "stats", None)
+    if isinstance(stats, dict) and "step_size" in stats:
+        return StepStats(float(stats["step_size"]), float(stats.get("backtracks", 0)),
+                         float(stats.get("forward_calls", 1)))
+    return StepStats(float(optimizer.param_groups[0].get("lr", float("nan"))), 0.0, 1.0)
 
 
 def closure_step(
@@ -89,7 +189,7 @@ def closure_step(
     sufficient-decrease test and Polyak step are computed for; their step size already adapts to the norm.
     """
     if isinstance(optimizer, StepSizeOptimizer):
-        if isinstance(optimizer, PolyakPG):
+        if optimizer_spec(optimizer).needs_value:
             if value is None:
                 raise ValueError("closure_step with PolyakPG needs value=J_hat, the current return estimate")
             loss = optimizer.step(closure, value=value)

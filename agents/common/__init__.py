@@ -2,7 +2,7 @@
 
 from rlopt.agents.common.base import OnPolicyAgent
 from rlopt.agents.common.buffer import RolloutBatch, RolloutBuffer, compute_gae
-from rlopt.agents.common.optim import OPTIMIZER_NAMES, build_optimizer, step_stats
+from rlopt.agents.common.optim import OPTIMIZER_NAMES, build_optimizer
 from rlopt.agents.common.policies import ActorCriticPolicy
 
 __all__ = [
@@ -13,5 +13,4 @@ __all__ = [
     "RolloutBuffer",
     "build_optimizer",
     "compute_gae",
-    "step_stats",
 ]

@@ -36,9 +36,6 @@ from rlopt.agents.common.env_util import Stepper, check_env_kwargs, resolve_env,
 from rlopt.agents.common.optim import (
     build_optimizer,
     check_optimizer,
-    is_line_search,
-    is_polyak,
-    step_stats,
 )
 from rlopt.agents.common.policies import ActorCriticPolicy, check_spaces
 
@@ -154,7 +151,7 @@ class OnPolicyAgent(BaseAlgorithm):
         self.max_grad_norm = max_grad_norm
         self.normalize_advantage = normalize_advantage
         if separate_critic is None:
-            separate_critic = is_line_search(self.optimizer_name)
+            separate_critic = rlopt.optimizer_spec(self.optimizer_name).line_search
         self.separate_critic = bool(separate_critic)
         if isinstance(policy, str) and policy not in self.policy_aliases:
             raise ValueError(f"Invalid policy: {policy!r}, expected one of {list(self.policy_aliases)}")
@@ -179,7 +176,7 @@ class OnPolicyAgent(BaseAlgorithm):
             seed=seed,
             supported_action_spaces=(spaces.Discrete, spaces.Box),
         )
-        self._polyak = is_polyak(self.optimizer_name)
+        self._polyak = rlopt.optimizer_spec(self.optimizer_name).needs_value
         self._generator_state: torch.Tensor | None = None
         self._ep_return: torch.Tensor | None = None
         self._ep_length: torch.Tensor | None = None
@@ -190,7 +187,7 @@ class OnPolicyAgent(BaseAlgorithm):
 
     # ----------------------------------------------------------------------------------------------- setup
     def _setup_model(self) -> None:
-        self._polyak = is_polyak(self.optimizer_name)
+        self._polyak = rlopt.optimizer_spec(self.optimizer_name).needs_value
         self._setup_lr_schedule()
         if self.seed is not None:
             self._init_seed = int(self.seed)
@@ -464,7 +461,7 @@ class OnPolicyAgent(BaseAlgorithm):
         return self._return_estimate if self._polyak else None
 
     def _record_step_stats(self, stats: dict[str, list[float]]) -> None:
-        step_size, backtracks, forward_calls = step_stats(self.optimizer)
+        step_size, backtracks, forward_calls = rlopt.step_stats(self.optimizer)
         stats.setdefault("step_size", []).append(step_size)
         stats.setdefault("backtracks", []).append(backtracks)
         stats.setdefault("forward_calls", []).append(forward_calls)

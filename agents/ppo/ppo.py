@@ -9,6 +9,7 @@ import torch
 from gymnasium import spaces
 
 from rlopt.agents.common.base import OnPolicyAgent, _check_positive_int
+from rlopt.agents.ppo import loss as loss_terms
 
 
 class PPO(OnPolicyAgent):
@@ -40,7 +41,8 @@ class PPO(OnPolicyAgent):
         n_epochs: passes over each rollout.
         clip_range: surrogate clipping :math:`\epsilon`.
         clip_range_vf: value clipping around the old values (None: no clipping).
-        target_kl: stop the epochs of an update when the approximate KL exceeds ``1.5 * target_kl``.
+        target_kl: stop an update, before the minibatch step, once the approximate KL of the current policy on
+            that minibatch exceeds ``1.5 * target_kl`` (stable-baselines3's meaning; :mod:`rlopt.agents.ppo.loss`).
         **kwargs: see :class:`rlopt.agents.common.base.OnPolicyAgent` (``optimizer``, ``n_envs``, ``n_steps``,
             ``gamma``, ``gae_lambda``, ``ent_coef``, ``vf_coef``, ``seed``, ``device``, ...).
 
@@ -96,14 +98,9 @@ class PPO(OnPolicyAgent):
 
     @staticmethod
     def surrogate_infimum(advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
-        r"""The infimum over all ratios of the clipped-surrogate loss on a minibatch.
-
-        :math:`\min(\rho A, \operatorname{clip}(\rho, 1-\epsilon, 1+\epsilon) A)` is at most
-        :math:`(1+\epsilon) A` for :math:`A > 0` and :math:`(1-\epsilon) A` for :math:`A \le 0` (reached at
-        :math:`\rho \ge 1+\epsilon` and :math:`\rho \le 1-\epsilon`), so the loss is bounded below by
-        ``-mean(where(A > 0, (1 + clip_range) A, (1 - clip_range) A))``.
-        """
-        return -torch.where(advantages > 0, (1.0 + clip_range) * advantages, (1.0 - clip_range) * advantages).mean()
+        """The infimum over all ratios of the clipped-surrogate loss on a minibatch
+        (:func:`rlopt.agents.ppo.loss.surrogate_infimum`)."""
+        return loss_terms.surrogate_infimum(advantages, clip_range)
 
     def _policy_lower_bound(self, advantages: torch.Tensor) -> float | None:
         """``f_star`` for the policy's own optimizer on this minibatch, or None where none applies."""
@@ -125,8 +122,8 @@ class PPO(OnPolicyAgent):
         policy = self.policy
         stats: dict[str, list[float]] = {}
         tensors: dict[str, list[torch.Tensor]] = {}
+        stop = False
         for _ in range(self.n_epochs):
-            epoch_kl: list[torch.Tensor] = []
             for idx in self._minibatches(batch, self.batch_size):
                 mb = batch.index(idx)
                 adv = mb.advantages
@@ -138,28 +135,28 @@ class PPO(OnPolicyAgent):
 
                 def policy_loss(mb: Any = mb, adv: torch.Tensor = adv, first: dict = first) -> torch.Tensor:
                     log_prob, entropy = policy.log_prob_and_entropy(mb.observations, mb.actions)
-                    log_ratio = log_prob - mb.log_probs
-                    ratio = log_ratio.exp()
-                    surrogate = torch.min(adv * ratio, adv * ratio.clamp(1.0 - clip, 1.0 + clip))
-                    pg_loss = -surrogate.mean()
+                    surrogate = loss_terms.clipped_surrogate(log_prob, mb.log_probs, adv, clip)
                     ent = entropy.mean()
                     if torch.is_grad_enabled() and "pg" not in first:
                         with torch.no_grad():
-                            first["pg"] = pg_loss.detach()
+                            first["pg"] = surrogate.loss.detach()
                             first["entropy"] = ent.detach()
-                            first["approx_kl"] = ((ratio - 1.0) - log_ratio).mean()
-                            first["clip_fraction"] = ((ratio - 1.0).abs() > clip).float().mean()
-                    return pg_loss - self.ent_coef * ent
+                            first["approx_kl"] = surrogate.approx_kl()
+                            first["clip_fraction"] = surrogate.clip_fraction(clip)
+                    return surrogate.loss - self.ent_coef * ent
 
                 def value_loss(mb: Any = mb, first: dict = first) -> torch.Tensor:
-                    values = policy.value(mb.observations)
-                    if clip_vf is not None:
-                        values = mb.values + (values - mb.values).clamp(-clip_vf, clip_vf)
-                    loss = (mb.returns - values).pow(2).mean()
+                    loss = loss_terms.value_loss(policy.value(mb.observations), mb.values, mb.returns, clip_vf)
                     if torch.is_grad_enabled() and "value" not in first:
                         first["value"] = loss.detach()
                     return loss
 
+                if self.target_kl is not None:  # SB3's check: the KL before this minibatch's step
+                    with torch.no_grad():
+                        log_prob, _ = policy.log_prob_and_entropy(mb.observations, mb.actions)
+                    if loss_terms.kl_stop(loss_terms.approx_kl(log_prob - mb.log_probs), self.target_kl):
+                        stop = True
+                        break
                 f_star = self._policy_lower_bound(adv)
                 if f_star is not None:
                     for group in self.optimizer.param_groups:
@@ -172,8 +169,7 @@ class PPO(OnPolicyAgent):
                 tensors.setdefault("entropy", []).append(first["entropy"])
                 tensors.setdefault("approx_kl", []).append(first["approx_kl"])
                 tensors.setdefault("clip_fraction", []).append(first["clip_fraction"])
-                epoch_kl.append(first["approx_kl"])
-            if self.target_kl is not None and float(torch.stack(epoch_kl).mean()) > 1.5 * self.target_kl:
+            if stop:
                 break
         self._log_train(stats, tensors)
         self.logger.record("train/clip_range", clip)

@@ -666,10 +666,10 @@ class ReMA:
         stats: dict[str, float] = {}
         for _ in range(self.n_epochs):
             loss = rlopt.closure_step(optimizer, closure, max_grad_norm=self.max_grad_norm, value=value)
-        step_size = getattr(optimizer, "stats", {}).get("step_size", optimizer.param_groups[0].get("lr", 0.0))
+        step_size = rlopt.step_stats(optimizer).step_size
         for role in batches:
             stats[f"{role}/loss"] = float(loss.detach())
-            stats[f"{role}/step_size"] = float(step_size)
+            stats[f"{role}/step_size"] = step_size
         return stats
 
     # ------------------------------------------------------------------ evaluation and logging

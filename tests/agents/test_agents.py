@@ -458,3 +458,31 @@ def test_bad_env_kwargs(env: Any, env_kwargs: Any, error: type[Exception], match
         env = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync")
     with pytest.raises(error, match=match):
         agents.PPO("MlpPolicy", env, n_envs=2, env_kwargs=env_kwargs)
+
+
+def test_an_optimizer_registered_with_rlopt_is_accepted_by_name() -> None:
+    spec = rlopt.OptimizerSpec("rmsprop-agents", torch.optim.RMSprop, torch.optim.RMSprop, default_lr=1e-2)
+    rlopt.register_optimizer(spec)
+    try:
+        model = agents.PPO("MlpPolicy", "CartPole-v1", optimizer="rmsprop-agents", learning_rate=3e-3, n_envs=2,
+                           n_steps=8, batch_size=16, n_epochs=1, seed=0)
+        assert type(model.optimizer) is torch.optim.RMSprop
+        assert model.optimizer.param_groups[0]["lr"] == 3e-3  # a learning-rate optimizer: the agent's rate
+        model.learn(16)
+    finally:
+        del rlopt.OPTIMIZERS["rmsprop-agents"]
+
+
+@pytest.mark.parametrize(("target_kl", "steps"), [(None, 12), (1e-12, 1), (1e6, 12)])
+def test_target_kl_stops_an_update_before_the_step_on_the_first_minibatch_over_it(
+    target_kl: float | None, steps: int
+) -> None:
+    """SB3's meaning: the first minibatch sees the rollout's own policy (KL 0, so it steps); after that step
+    every KL is positive, so a target of 1e-12 stops before the second minibatch."""
+    model = agents.PPO("MlpPolicy", "CartPole-v1", n_envs=4, n_steps=16, batch_size=16, n_epochs=3, seed=0,
+                       target_kl=target_kl)
+    calls = []
+    step_losses = model._step_losses
+    model._step_losses = lambda *a, **k: calls.append(1) or step_losses(*a, **k)  # type: ignore[method-assign]
+    model.learn(64)
+    assert len(calls) == steps  # 64 samples in minibatches of 16, 3 epochs: 12 minibatch steps in full

@@ -15,14 +15,22 @@ from rlopt.agents.sb3 import PPO
 KW = {"n_steps": 64, "batch_size": 32, "n_epochs": 2, "seed": 0, "device": "cpu"}
 
 
-def test_adam_path_equals_stable_baselines3_ppo_step_for_step() -> None:
+@pytest.mark.parametrize("target_kl", [None, 1e-5])
+def test_adam_path_equals_stable_baselines3_ppo_step_for_step(target_kl: float | None) -> None:
+    """Also with a target_kl small enough to stop most updates early: the same minibatch stops both."""
     # SB3 samples actions from the global RNG its constructor seeds: build and train one model at a time
-    ours = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), **KW)
+    ours = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), target_kl=target_kl, **KW)
     ours.learn(512)
-    ref = stable_baselines3.PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), **KW)
+    ref = stable_baselines3.PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), target_kl=target_kl,
+                                **KW)
     ref.learn(512)
     for (name, a), (_, b) in zip(ours.policy.state_dict().items(), ref.policy.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+    if target_kl is not None:  # and the stop did take effect: the run differs from one without it
+        free = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), **KW)
+        free.learn(512)
+        assert not all(torch.equal(a, b) for a, b in zip(ours.policy.parameters(), free.policy.parameters(),
+                                                         strict=True))
 
 
 @pytest.mark.parametrize("optimizer", ["sls", "sps", "ponos"])

@@ -373,3 +373,44 @@ def test_reduce_seam_sees_every_decision_scalar_and_matches_single_process(name:
     loss_v, grad_sq = seen[-o2.stats["forward_calls"] - (name == "adasls")]  # the step's first reduce: [loss, |g|^2]
     assert loss_v == pytest.approx(o2.stats["loss"], rel=1e-12)
     assert grad_sq == pytest.approx(o2.stats["grad_norm"] ** 2, rel=1e-12)
+
+
+def test_the_registry_states_each_rules_traits() -> None:
+    traits = {name: (spec.line_search, spec.needs_value, spec.default_lr, spec.tuning_free)
+              for name, spec in rlopt.OPTIMIZERS.items()}
+    assert traits == {
+        "adam": (False, False, 1e-3, False), "sgd": (False, False, 1e-2, False),
+        "sls": (True, False, None, True), "adasls": (True, False, None, True), "sps": (False, False, None, True),
+        "ponos": (True, False, None, True), "polyak": (False, True, None, True),
+    }
+    # a class or an instance gets the registered traits, with the class itself as the factory
+    assert rlopt.optimizer_spec(torch.optim.Adam).default_lr == 1e-3
+    assert rlopt.optimizer_spec(torch.optim.Adam).factory is torch.optim.Adam
+    w = nn.Parameter(torch.ones(2))
+    assert rlopt.optimizer_spec(rlopt.PoNoS([w])).line_search
+    assert rlopt.optimizer_spec(torch.optim.RMSprop).name == "rmsprop"  # unregistered: traits from the class
+    assert isinstance(rlopt.build_optimizer("ADASLS", [w]), rlopt.SLS)
+    with pytest.raises(ValueError, match=r"Invalid optimizer: 'lbfgs2', expected one of 'adam', 'adasls'"):
+        rlopt.optimizer_spec("lbfgs2")
+    with pytest.raises(TypeError, match="Invalid optimizer: 3"):
+        rlopt.optimizer_spec(3)  # type: ignore[arg-type]
+
+
+def test_step_stats_reads_rlopt_and_torch_optimizers_alike() -> None:
+    w = nn.Parameter(torch.ones(3))
+    sls = rlopt.SLS([w])
+    sls.step(lambda: (w**2).sum())
+    assert rlopt.step_stats(sls) == (sls.stats["step_size"], sls.stats["backtracks"], sls.stats["forward_calls"])
+    adam = torch.optim.Adam([w], lr=0.25)
+    assert rlopt.step_stats(adam) == rlopt.StepStats(0.25, 0.0, 1.0)
+
+
+def test_a_registered_optimizer_is_accepted_by_name_everywhere() -> None:
+    spec = rlopt.OptimizerSpec("rmsprop-test", torch.optim.RMSprop, torch.optim.RMSprop, default_lr=1e-2)
+    rlopt.register_optimizer(spec)
+    try:
+        assert isinstance(rlopt.build_optimizer("rmsprop-test", [nn.Parameter(torch.ones(1))]), torch.optim.RMSprop)
+        with pytest.raises(ValueError, match="already registered"):
+            rlopt.register_optimizer(spec)
+    finally:
+        del rlopt.OPTIMIZERS["rmsprop-test"]
