@@ -22,6 +22,7 @@ from torch import Tensor
 
 from rlopt.bilevel import _tree
 from rlopt.bilevel._tree import Tree
+from rlopt.validation import check_int, check_positive
 
 MatVec = Callable[[Tree], Tree]
 
@@ -42,16 +43,6 @@ class SolveResult:
     iterations: int
     residual_norm: float
     converged: bool
-
-
-def _check_count(value: int, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Invalid {name}: {value!r}, expected an int >= {minimum}")
-
-
-def _check_positive(value: float, name: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"Invalid {name}: {value!r}, expected a float > 0")
 
 
 def conjugate_gradient(
@@ -86,7 +77,7 @@ def conjugate_gradient(
         >>> torch.allclose(A @ res.solution, torch.ones(2, dtype=torch.float64))
         True
     """
-    _check_count(maxiter, "maxiter", 0)
+    check_int("maxiter", maxiter, 0)
     if not rtol >= 0 or not atol >= 0:
         raise ValueError(f"Invalid tolerances: rtol={rtol!r}, atol={atol!r}, expected both >= 0")
     b_norm = float(_tree.norm(b))
@@ -144,8 +135,8 @@ def neumann_series(matvec: MatVec, b: Tree, *, alpha: float, iterations: int) ->
         >>> torch.allclose(v.solution, torch.tensor([0.5, 1.0], dtype=torch.float64))
         True
     """
-    _check_positive(alpha, "alpha")
-    _check_count(iterations, "iterations", 0)
+    check_positive("alpha", alpha)
+    check_int("iterations", iterations, 0)
     term = b
     total = b
     for _ in range(iterations):
@@ -169,8 +160,8 @@ def richardson(matvec: MatVec, b: Tree, x0: Tree | None = None, *, alpha: float,
     Returns:
         A :class:`SolveResult` (``residual_norm`` is that of the last iterate before its update).
     """
-    _check_positive(alpha, "alpha")
-    _check_count(iterations, "iterations", 0)
+    check_positive("alpha", alpha)
+    check_int("iterations", iterations, 0)
     v = _tree.zeros_like(b) if x0 is None else x0
     res_norm = float("nan")
     for _ in range(iterations):

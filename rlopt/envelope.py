@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rlopt._validation import check_at_least, check_positive
+from rlopt.validation import check_at_least, check_positive
 
 __all__ = ["Constant", "Envelope", "InvSqrt", "InvTime"]
 

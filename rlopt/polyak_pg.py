@@ -7,10 +7,10 @@ from typing import Any
 
 from torch import Tensor
 
-from rlopt._validation import check_at_least, check_finite, check_positive
 from rlopt.directions import SGDDirection
 from rlopt.optimizer import ParamsT, StepSizeOptimizer
 from rlopt.rules.policy_polyak import PolicyPolyakRule
+from rlopt.validation import check_at_least, check_finite, check_positive
 
 __all__ = ["PolyakPG"]
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlopt._validation import (
+from rlopt.directions import PRECONDITIONERS, Direction, Preconditioned, SGDDirection
+from rlopt.envelope import Envelope
+from rlopt.optimizer import ParamsT, StepSizeOptimizer
+from rlopt.rules.armijo import RESETS, ArmijoRule
+from rlopt.validation import (
     check_at_least,
     check_choice,
     check_half_open,
@@ -12,10 +16,6 @@ from rlopt._validation import (
     check_open,
     check_positive,
 )
-from rlopt.directions import PRECONDITIONERS, Direction, Preconditioned, SGDDirection
-from rlopt.envelope import Envelope
-from rlopt.optimizer import ParamsT, StepSizeOptimizer
-from rlopt.rules.armijo import RESETS, ArmijoRule
 
 __all__ = ["SLS", "check_direction_options", "make_direction"]
 

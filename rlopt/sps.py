@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlopt._validation import check_choice, check_finite, check_int, check_open, check_positive
 from rlopt.envelope import Envelope
 from rlopt.optimizer import ParamsT, StepSizeOptimizer
 from rlopt.rules.polyak import PolyakRule, PolyakSearchRule
 from rlopt.sls import check_direction_options, make_direction
+from rlopt.validation import check_choice, check_finite, check_int, check_open, check_positive
 
 __all__ = ["SPS"]
 

@@ -38,25 +38,9 @@ from rlopt.agents.common.optim import (
     check_optimizer,
 )
 from rlopt.agents.common.policies import ActorCriticPolicy, check_spaces
+from rlopt.validation import check_at_least, check_closed, check_int
 
 SelfOnPolicyAgent = TypeVar("SelfOnPolicyAgent", bound="OnPolicyAgent")
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"Invalid {name}: {value!r}, expected a positive integer")
-    return int(value)
-
-
-def _check_unit(name: str, value: float) -> float:
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"Invalid {name}: {value!r}, expected 0 <= {name} <= 1")
-    return float(value)
-
-
-def _check_nonneg(name: str, value: float | None) -> None:
-    if value is not None and not float(value) >= 0.0:
-        raise ValueError(f"Invalid {name}: {value!r}, expected a non-negative number")
 
 
 class OnPolicyAgent(BaseAlgorithm):
@@ -138,14 +122,14 @@ class OnPolicyAgent(BaseAlgorithm):
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
         if not (callable(learning_rate) or float(learning_rate) > 0):
             raise ValueError(f"Invalid learning_rate: {learning_rate!r}, expected a positive number or a schedule")
-        self.n_steps = _check_positive_int("n_steps", n_steps)
+        self.n_steps = check_int("n_steps", n_steps, 1)
         if n_envs is not None:
-            _check_positive_int("n_envs", n_envs)
-        self.gamma = _check_unit("gamma", gamma)
-        self.gae_lambda = _check_unit("gae_lambda", gae_lambda)
-        _check_nonneg("ent_coef", ent_coef)
-        _check_nonneg("vf_coef", vf_coef)
-        _check_nonneg("max_grad_norm", max_grad_norm)
+            check_int("n_envs", n_envs, 1)
+        self.gamma = check_closed("gamma", gamma, 0.0, 1.0)
+        self.gae_lambda = check_closed("gae_lambda", gae_lambda, 0.0, 1.0)
+        check_at_least("ent_coef", ent_coef, 0.0)
+        check_at_least("vf_coef", vf_coef, 0.0)
+        check_at_least("max_grad_norm", max_grad_norm, 0.0, allow_none=True)
         self.ent_coef = float(ent_coef)
         self.vf_coef = float(vf_coef)
         self.max_grad_norm = max_grad_norm
@@ -511,8 +495,8 @@ class OnPolicyAgent(BaseAlgorithm):
                 ``learn`` (or of a loaded run).
             progress_bar: show SB3's progress bar (tqdm/rich).
         """
-        total_timesteps = _check_positive_int("total_timesteps", total_timesteps)
-        log_interval = _check_positive_int("log_interval", log_interval)
+        total_timesteps = check_int("total_timesteps", total_timesteps, 1)
+        log_interval = check_int("log_interval", log_interval, 1)
         if self._stepper is None or self.env is None:
             raise ValueError("this model has no env: pass env= to the constructor or to load(), or call set_env()")
         if isinstance(self._last_obs, torch.Tensor) and self._last_obs.shape[0] != self._stepper.num_envs:

@@ -8,8 +8,9 @@ from typing import Any, ClassVar
 import torch
 from gymnasium import spaces
 
-from rlopt.agents.common.base import OnPolicyAgent, _check_positive_int
+from rlopt.agents.common.base import OnPolicyAgent
 from rlopt.agents.ppo import loss as loss_terms
+from rlopt.validation import check_int, check_open, check_positive
 
 
 class PPO(OnPolicyAgent):
@@ -79,17 +80,11 @@ class PPO(OnPolicyAgent):
         target_kl: float | None = None,
         **kwargs: Any,
     ) -> None:
-        self.batch_size = _check_positive_int("batch_size", batch_size)
-        self.n_epochs = _check_positive_int("n_epochs", n_epochs)
-        if not 0.0 < float(clip_range) < 1.0:
-            raise ValueError(f"Invalid clip_range: {clip_range!r}, expected 0 < clip_range < 1")
-        if clip_range_vf is not None and not float(clip_range_vf) > 0:
-            raise ValueError(f"Invalid clip_range_vf: {clip_range_vf!r}, expected a positive number or None")
-        if target_kl is not None and not float(target_kl) > 0:
-            raise ValueError(f"Invalid target_kl: {target_kl!r}, expected a positive number or None")
-        self.clip_range = float(clip_range)
-        self.clip_range_vf = clip_range_vf
-        self.target_kl = target_kl
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.n_epochs = check_int("n_epochs", n_epochs, 1)
+        self.clip_range = check_open("clip_range", clip_range, 0.0, 1.0)
+        self.clip_range_vf = check_positive("clip_range_vf", clip_range_vf, allow_none=True)
+        self.target_kl = check_positive("target_kl", target_kl, allow_none=True)
         super().__init__(
             policy, env, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, learning_rate=learning_rate,
             n_envs=n_envs, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda, ent_coef=ent_coef,

@@ -59,6 +59,7 @@ from rlopt.agents.rema.rollout import (
     success_rates,
 )
 from rlopt.envs.reasoning import ArithmeticTasks, ReasoningTask, make_split
+from rlopt.validation import check_choice
 
 __all__ = ["ALGORITHMS", "MODES", "PAPER_FILTER", "ReMA"]
 
@@ -69,11 +70,6 @@ SCHEDULES = ("alternate", "simultaneous")
 PAPER_FILTER = (0.2, 0.8)
 
 Callback = Callable[[dict[str, float]], bool | None]
-
-
-def _check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
-    if value not in allowed:
-        raise ValueError(f"Invalid {name}: {value!r}, expected one of {list(allowed)}")
 
 
 def _per_role(name: str, value: Any, roles: Sequence[str]) -> dict[str, Any]:
@@ -116,15 +112,15 @@ def _validate(*, mode: str, algorithm: str, start_role: str, schedule: str | Non
               aggregate: str | None, switch_every: int, max_turns: int, batch_questions: int, n_plans: int,
               n_answers: int, max_new_tokens: int, n_epochs: int, multi_turn: bool, clip_eps: float) -> None:
     """Check the arguments of :class:`ReMA` before anything is built."""
-    _check_choice("mode", mode, MODES)
-    _check_choice("algorithm", algorithm, ALGORITHMS)
-    _check_choice("start_role", start_role, ROLES)
+    check_choice("mode", mode, MODES)
+    check_choice("algorithm", algorithm, ALGORITHMS)
+    check_choice("start_role", start_role, ROLES)
     if schedule is not None:
-        _check_choice("schedule", schedule, SCHEDULES)
+        check_choice("schedule", schedule, SCHEDULES)
     if ratio is not None:
-        _check_choice("ratio", ratio, ("turn", "token"))
+        check_choice("ratio", ratio, ("turn", "token"))
     if aggregate is not None:
-        _check_choice("aggregate", aggregate, ("trajectory", "token"))
+        check_choice("aggregate", aggregate, ("trajectory", "token"))
     for name, value in (("switch_every", switch_every), ("max_turns", max_turns),
                         ("batch_questions", batch_questions), ("n_plans", n_plans), ("n_answers", n_answers),
                         ("max_new_tokens", max_new_tokens), ("n_epochs", n_epochs)):
@@ -295,7 +291,7 @@ class ReMA:
         # tasks
         if isinstance(tasks, (str, ArithmeticTasks)):
             if isinstance(tasks, str):
-                _check_choice("tasks", tasks, ("arithmetic",))
+                check_choice("tasks", tasks, ("arithmetic",))
                 tasks = ArithmeticTasks(2, 4, modulus=modulus, seed=self.seed)
             self._task_stream: ArithmeticTasks | None = tasks
             self.modulus = modulus = tasks.modulus
@@ -374,7 +370,7 @@ class ReMA:
     # ------------------------------------------------------------------ construction helpers
     def _build_policies(self, policy: str | Policy | Mapping[str, Policy]) -> dict[str, Policy]:
         if isinstance(policy, str):
-            _check_choice("policy", policy, ("tiny",))
+            check_choice("policy", policy, ("tiny",))
             first = TinyPolicy(self.tiny_config, seed=self.seed)
             if self.shared_weights:
                 return dict.fromkeys(self.roles, first)
@@ -414,7 +410,7 @@ class ReMA:
 
     def policy(self, role: str) -> Policy:
         """The policy playing ``role``."""
-        _check_choice("role", role, self.roles)
+        check_choice("role", role, self.roles)
         return self.policies[role]
 
     # ------------------------------------------------------------------ data
@@ -449,7 +445,7 @@ class ReMA:
         """
         if self.prompt_filter is None:
             raise ValueError("Invalid prompt_filter: None (off); pass prompt_filter=(eps_min, eps_max)")
-        _check_choice("role", role, ROLES)
+        check_choice("role", role, ROLES)
         if not tasks:
             raise ValueError("Invalid tasks: no questions to filter")
         rates, tokens = success_rates(self.policies["meta"], self.policies["reasoner"], tasks, role, self.filter_k,

@@ -9,20 +9,17 @@ import torch
 from torch import Tensor
 
 from rlopt.bilevel._tree import Tree
+from rlopt.validation import check_half_open, check_int
 
 
 def check_batch_size(value: int | None, name: str, n: int) -> None:
     """Raise ``ValueError`` unless ``value`` is ``None`` (full batch) or an int in ``[1, n]``."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= n:
-        raise ValueError(f"Invalid {name}: {value!r}, expected None (full batch) or an int in [1, {n}]")
+    check_int(name, value, 1, n, allow_none=True)
 
 
 def check_fraction(value: float, name: str, low: float = 0.0, high: float = 1.0) -> None:
     """Raise ``ValueError`` unless ``low <= value < high``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
-        raise ValueError(f"Invalid {name}: {value!r}, expected a float in [{low}, {high})")
+    check_half_open(name, value, low, high)
 
 
 def split_indices(n: int, sizes: list[int], generator: torch.Generator) -> list[Tensor]:

@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from rlopt.bilevel._tree import Tree
 from rlopt.bilevel.problems.base import BilevelProblem
+from rlopt.validation import check_at_least, check_closed, check_int, check_open, check_positive
 
 META_PARAMS = ("gamma", "lambda", "entropy")
 """The meta-parameters :class:`MetaGradientRL` can tune."""
@@ -58,32 +59,6 @@ class Rollout:
 
     def __len__(self) -> int:
         return int(self.actions.numel())
-
-
-def _check_unit(value: object, name: str, open_interval: bool) -> float:
-    low, high = ("(0, 1)", "open") if open_interval else ("[0, 1]", "closed")
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        v = float(value)  # type: ignore[arg-type]
-        ok = 0.0 < v < 1.0 if open_interval else 0.0 <= v <= 1.0
-    if not ok:
-        raise ValueError(f"Invalid {name}: {value!r}, expected a float in the {high} interval {low}")
-    return float(value)  # type: ignore[arg-type]
-
-
-def _check_count(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Invalid {name}: {value!r}, expected an int >= 1")
-    return value
-
-
-def _check_nonnegative(value: object, name: str, strict: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok:
-        ok = float(value) > 0 if strict else float(value) >= 0  # type: ignore[arg-type]
-    if not ok:
-        raise ValueError(f"Invalid {name}: {value!r}, expected a finite float {'>' if strict else '>='} 0")
-    return float(value)  # type: ignore[arg-type]
 
 
 class MetaGradientRL(BilevelProblem):
@@ -190,18 +165,18 @@ class MetaGradientRL(BilevelProblem):
     ) -> None:
         if meta_param not in META_PARAMS:
             raise ValueError(f"Invalid meta_param: {meta_param!r}, expected one of {list(META_PARAMS)}")
-        self.gamma = _check_unit(gamma, "gamma", open_interval=False)
-        self.gae_lambda = _check_unit(gae_lambda, "gae_lambda", open_interval=False)
-        self.ent_coef = _check_nonnegative(ent_coef, "ent_coef")
-        self.vf_coef = _check_nonnegative(vf_coef, "vf_coef")
+        self.gamma = check_closed("gamma", gamma, 0.0, 1.0)
+        self.gae_lambda = check_closed("gae_lambda", gae_lambda, 0.0, 1.0)
+        self.ent_coef = check_at_least("ent_coef", ent_coef, 0.0)
+        self.vf_coef = check_at_least("vf_coef", vf_coef, 0.0)
         start = DEFAULT_INIT[meta_param] if init is None else init
         if meta_param == "entropy":
-            self.init = _check_nonnegative(start, "init", strict=True)
+            self.init = check_positive("init", start)
         else:
-            self.init = _check_unit(start, "init", open_interval=True)
-        self.num_envs = _check_count(num_envs, "num_envs")
-        self.n_steps = _check_count(n_steps, "n_steps")
-        self.eval_envs = _check_count(eval_envs, "eval_envs")
+            self.init = check_open("init", start, 0.0, 1.0)
+        self.num_envs = check_int("num_envs", num_envs, 1)
+        self.n_steps = check_int("n_steps", n_steps, 1)
+        self.eval_envs = check_int("eval_envs", eval_envs, 1)
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"Invalid dtype: {dtype}, expected torch.float32 or torch.float64")
         if isinstance(seed, bool) or not isinstance(seed, int):

@@ -209,7 +209,7 @@ def test_rollouts_are_on_policy_and_reused_once() -> None:
     ("kwargs", "match"),
     [
         ({"meta_param": "delta"}, r"Invalid meta_param: 'delta'.*gamma.*lambda.*entropy"),
-        ({"meta_param": "gamma", "init": 1.0}, r"Invalid init: 1.0.*\(0, 1\)"),
+        ({"meta_param": "gamma", "init": 1.0}, r"Invalid init: 1.0, expected 0.0 < init < 1.0"),
         ({"meta_param": "lambda", "init": 0.0}, r"Invalid init: 0.0"),
         ({"meta_param": "entropy", "init": 0.0}, r"Invalid init: 0.0.*> 0"),
         ({"gamma": 1.5}, r"Invalid gamma: 1.5"),
