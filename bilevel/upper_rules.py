@@ -27,16 +27,26 @@ line models and the Armijo test on the Polyak step are our choices, documented h
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from rlopt.bilevel import _tree
 from rlopt.bilevel._tree import Tree
 from rlopt.envelope import Envelope, InvSqrt
-from rlopt.rules.polyak import polyak_step
+from rlopt.rules import (
+    ArmijoRule,
+    PolyakRule,
+    PolyakSearchRule,
+    RuleState,
+    SearchResult,
+    StepInfo,
+    StepSizeRule,
+    armijo_backtracking,
+)
+from rlopt.validation import check_at_least, check_choice, check_finite, check_int, check_open, check_positive
 
 PRECONDITIONERS = (None, "adam")
 
@@ -79,6 +89,7 @@ class UpperStep:
         envelope: ``u_k``.
         slack: the allowance ``δ`` used in the test (0 for Polyak).
         accepted: whether a step was taken.
+        searched: whether trial points were evaluated (a search ran).
     """
 
     step_size: float
@@ -89,57 +100,51 @@ class UpperStep:
     envelope: float
     slack: float
     accepted: bool
+    searched: bool = False
 
 
 def _identity(d: Tree) -> Tree:
     return d
 
 
-def _check_precondition(value: object) -> None:
-    if value not in PRECONDITIONERS:
-        raise ValueError(f"Invalid precondition: {value!r}, expected one of {list(PRECONDITIONERS)}")
-
-
-def _positive(value: float, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"Invalid {name}: {value!r}, expected a float > 0")
-
-
 def _check_search_options(safeguard: float, max_backtracks: int, envelope: object) -> None:
-    if isinstance(safeguard, bool) or not isinstance(safeguard, (int, float)) or safeguard < 0:
-        raise ValueError(f"Invalid safeguard: {safeguard!r}, expected a float >= 0")
-    if isinstance(max_backtracks, bool) or not isinstance(max_backtracks, int) or max_backtracks < 0:
-        raise ValueError(f"Invalid max_backtracks: {max_backtracks!r}, expected an int >= 0")
+    check_at_least("safeguard", safeguard, 0.0)
+    check_int("max_backtracks", max_backtracks, 0)
     if envelope is not None and not callable(envelope):
         raise ValueError(f"Invalid envelope: {envelope!r}, expected a callable k -> float")
 
 
-def _backtrack(
+def _search(
+    rule: StepSizeRule,
+    hp: dict[str, Any],
+    state: RuleState,
     phi: Callable[[float], float],
-    alpha: float,
     reference: float,
     slope: float,
     bound: float,
-    c: float,
-    beta: float,
+    step: int,
     slack: float,
     max_backtracks: int,
 ) -> UpperStep:
-    """Armijo backtracking from ``alpha``: the first ``α β^j`` with ``φ(α) <= φ(0) - c α slope + slack``.
-
-    After ``max_backtracks`` rejected trials the step is 0 and ``accepted`` is False.
+    """One upper step of an rlopt rule on the line model ``phi``: the rule's proposal capped by the envelope
+    ``bound``; a search (the rule's test with the slack added to its reference) runs rlopt's backtracking loop.
     """
-    for backtracks in range(max_backtracks + 1):
-        trial = phi(alpha)
-        if trial <= reference - c * alpha * slope + slack:
-            return UpperStep(alpha, backtracks, trial, reference, slope, bound, slack, True)
-        alpha *= beta
-    return UpperStep(0.0, max_backtracks + 1, reference, reference, slope, bound, slack, False)
-
-
-def _open_unit(value: float, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"Invalid {name}: {value!r}, expected 0 < {name} < 1")
+    info = StepInfo(loss=reference, grad_sq=slope, slope=slope, step=step)
+    proposal = rule.propose(hp, state, info)
+    alpha = min(proposal.step_size, bound)
+    if not (slope > 0 and alpha > 0):
+        result, trial = SearchResult(0.0, 0, accepted=False, searched=False), reference
+    elif proposal.reference is None:
+        result, trial = SearchResult(alpha, 0, accepted=True, searched=False), float("nan")
+    else:
+        result, trial = armijo_backtracking(phi, alpha, proposal.reference + slack, proposal.c * slope,
+                                            proposal.shrink, max_backtracks)
+        if not result.accepted:
+            trial = reference
+    rule.update(hp, state, info, result)
+    used_slack = slack if result.searched else 0.0
+    return UpperStep(result.step_size, result.backtracks, trial, reference, slope, bound, used_slack,
+                     result.accepted, result.searched)
 
 
 class ArmijoSearch:
@@ -178,22 +183,29 @@ class ArmijoSearch:
         envelope: Envelope | Callable[[int], float] | None = None,
         precondition: str | None = None,
     ) -> None:
-        _positive(lr_b, "lr_b")
-        _check_precondition(precondition)
-        _open_unit(c, "c")
-        _open_unit(beta, "beta")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 1:
-            raise ValueError(f"Invalid gamma: {gamma!r}, expected a float >= 1")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"Invalid n: {n!r}, expected an int >= 1")
+        check_positive("lr_b", lr_b)
+        check_choice("precondition", precondition, PRECONDITIONERS)
+        check_open("c", c, 0.0, 1.0)
+        check_open("beta", beta, 0.0, 1.0)
+        check_at_least("gamma", gamma, 1.0)
+        check_int("n", n, 1)
         _check_search_options(safeguard, max_backtracks, envelope)
         self.envelope = envelope if envelope is not None else InvSqrt(lr_b)
         self.c, self.beta, self.gamma, self.n = float(c), float(beta), float(gamma), n
         self.safeguard, self.max_backtracks = float(safeguard), max_backtracks
         self.direction: Callable[[Tree], Tree] = AdamDirection() if precondition == "adam" else _identity
-        self.previous = float(lr_b)
+        # rlopt's SLS rule: the "increase" reset from the last accepted step, which starts at lr_b
+        self.rule = ArmijoRule()
+        self.hp: dict[str, Any] = {"lr": float(lr_b), "c": self.c, "beta": self.beta, "reset": "increase",
+                                   "gamma": self.gamma, "n_batches_per_epoch": n, "max_lr": None}
+        self.state = self.rule.init_state(self.hp)
         self.k = 0
         self.failures = 0
+
+    @property
+    def previous(self) -> float:
+        """The last accepted step size (``lr_b`` before the first)."""
+        return float(self.state["step_size"])
 
     @property
     def evaluates_trials(self) -> bool:
@@ -204,13 +216,10 @@ class ArmijoSearch:
         """Search along ``-d``: ``phi(α)`` is the line model, ``slope = ‖d‖²``, ``phi0 = phi(0)`` if known."""
         reference = phi(0.0) if phi0 is None else phi0
         bound = float(self.envelope(self.k))
+        result = _search(self.rule, self.hp, self.state, phi, reference, slope, bound, self.k,
+                         self.safeguard * abs(reference), self.max_backtracks)
         self.k += 1
-        slack = self.safeguard * abs(reference)
-        alpha = min(bound, self.previous * self.gamma ** (1.0 / self.n))
-        result = _backtrack(phi, alpha, reference, slope, bound, self.c, self.beta, slack, self.max_backtracks)
-        if result.accepted:
-            self.previous = result.step_size
-        else:
+        if result.searched and not result.accepted:
             self.failures += 1
         return result
 
@@ -271,21 +280,25 @@ class PolyakStep:
         safeguard: float = 1e-4,
         max_backtracks: int = 60,
     ) -> None:
-        _positive(lr_b, "lr_b")
-        _check_precondition(precondition)
-        _positive(c, "c")
-        if isinstance(f_star, bool) or not isinstance(f_star, (int, float)) or not math.isfinite(f_star):
-            raise ValueError(f"Invalid f_star: {f_star!r}, expected a finite float")
+        check_positive("lr_b", lr_b)
+        check_choice("precondition", precondition, PRECONDITIONERS)
+        check_positive("c", c)
+        check_finite("f_star", f_star)
         if not isinstance(search, bool):
             raise TypeError(f"Invalid search: {search!r}, expected a bool")
-        _open_unit(c_search, "c_search")
-        _open_unit(beta, "beta")
+        check_open("c_search", c_search, 0.0, 1.0)
+        check_open("beta", beta, 0.0, 1.0)
         _check_search_options(safeguard, max_backtracks, envelope)
         self.envelope = envelope if envelope is not None else InvSqrt(lr_b)
         self.c, self.f_star = float(c), float(f_star)
         self.search, self.c_search, self.beta = search, float(c_search), float(beta)
         self.safeguard, self.max_backtracks = float(safeguard), max_backtracks
         self.direction: Callable[[Tree], Tree] = AdamDirection() if precondition == "adam" else _identity
+        # rlopt's SPS_max rule (the envelope is its cap), as the first trial of a search when search=True
+        self.rule: StepSizeRule = PolyakSearchRule() if search else PolyakRule()
+        self.hp: dict[str, Any] = {"c": self.c, "f_star": self.f_star, "mode": "max", "max_lr": None,
+                                   "search_c": self.c_search, "beta": self.beta}
+        self.state = self.rule.init_state(self.hp)
         self.k = 0
         self.failures = 0
 
@@ -299,15 +312,9 @@ class PolyakStep:
         when ``phi0`` is not given."""
         reference = phi(0.0) if phi0 is None else phi0
         bound = float(self.envelope(self.k))
+        result = _search(self.rule, self.hp, self.state, phi, reference, slope, bound, self.k,
+                         self.safeguard * abs(reference), self.max_backtracks)
         self.k += 1
-        gap = reference - self.f_star
-        if not slope > 0 or not gap > 0:
-            return UpperStep(0.0, 0, reference, reference, slope, bound, 0.0, False)
-        alpha = min(polyak_step(gap, self.c, slope), bound)
-        if not self.search:
-            return UpperStep(alpha, 0, float("nan"), reference, slope, bound, 0.0, True)
-        slack = self.safeguard * abs(reference)
-        result = _backtrack(phi, alpha, reference, slope, bound, self.c_search, self.beta, slack, self.max_backtracks)
-        if not result.accepted:
+        if result.searched and not result.accepted:
             self.failures += 1
         return result

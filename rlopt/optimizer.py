@@ -33,7 +33,7 @@ from torch import Tensor
 
 from rlopt.closure import Closure, RngSnapshot, RunningStatsGuard
 from rlopt.directions import Direction, DirectionStep, squared_norm
-from rlopt.rules.base import Proposal, RuleState, SearchResult, StepInfo, StepSizeRule
+from rlopt.rules.base import Proposal, RuleState, SearchResult, StepInfo, StepSizeRule, armijo_backtracking
 
 __all__ = ["StepSizeOptimizer"]
 
@@ -321,26 +321,24 @@ class StepSizeOptimizer(torch.optim.Optimizer):
     ) -> SearchResult:
         assert proposal.reference is not None
         max_backtracks = int(hp["max_backtracks"])
-        decrease = proposal.c * slope
-        eta, moved, accepted, j = eta0, 0.0, False, 0
+        moved = [0.0]  # the step the parameters are at now: each trial moves them by the difference
+
+        def phi(eta: float) -> float:
+            torch._foreach_add_(params, ds.direction, alpha=moved[0] - eta)
+            moved[0] = eta
+            snapshot.restore()
+            self.stats["forward_calls"] += 1
+            return self._scalar(closure())
+
         # Same batch and same random numbers at every trial, or the test compares different functions.
         with snapshot.forked(), self._running_stats(), torch.no_grad():
-            for j in range(max_backtracks + 1):
-                torch._foreach_add_(params, ds.direction, alpha=moved - eta)
-                moved = eta
-                snapshot.restore()
-                trial = closure()
-                self.stats["forward_calls"] += 1
-                trial_v = self._scalar(trial)
-                if math.isfinite(trial_v) and trial_v <= proposal.reference - eta * decrease:
-                    accepted = True
-                    self.stats["accepted_loss"] = trial_v
-                    break
-                if j < max_backtracks:
-                    eta *= proposal.shrink
-            if not accepted:
-                torch._foreach_add_(params, ds.direction, alpha=moved)
-        if not accepted:
+            result, accepted_loss = armijo_backtracking(phi, eta0, proposal.reference, proposal.c * slope,
+                                                        proposal.shrink, max_backtracks)
+            if not result.accepted:
+                torch._foreach_add_(params, ds.direction, alpha=moved[0])
+        if result.accepted:
+            self.stats["accepted_loss"] = accepted_loss
+        else:
             self.stats["failures"] += 1
             self._warn_once(
                 "failure",
@@ -348,5 +346,4 @@ class StepSizeOptimizer(torch.optim.Optimizer):
                 f"{max_backtracks} backtracks; no step was taken (counted in stats['failures']; warned once)",
                 stacklevel=5,
             )
-            return SearchResult(0.0, j, accepted=False, searched=True)
-        return SearchResult(eta, j, accepted=True, searched=True)
+        return result

@@ -9,13 +9,15 @@ optimizer's ``state_dict``.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 RuleState = dict[str, Any]
 
-__all__ = ["Proposal", "RuleState", "SearchResult", "StepInfo", "StepSizeRule"]
+__all__ = ["Proposal", "RuleState", "SearchResult", "StepInfo", "StepSizeRule", "armijo_backtracking"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +80,34 @@ class StepSizeRule(ABC):
     def update(self, hp: dict[str, Any], state: RuleState, info: StepInfo, result: SearchResult) -> None:
         """Fold the outcome of the step into ``state`` (default: nothing)."""
         return None
+
+
+def armijo_backtracking(
+    phi: Callable[[float], float],
+    eta0: float,
+    reference: float,
+    decrease: float,
+    shrink: float,
+    max_backtracks: int,
+) -> tuple[SearchResult, float]:
+    """The one backtracking loop: the first ``eta = eta0 * shrink^j`` (``j <= max_backtracks``) with a finite
+    ``phi(eta) <= reference - eta * decrease``.
+
+    ``phi(eta)`` is the objective at the trial step ``eta`` (the optimizers move their parameters there and
+    evaluate the closure; the bilevel upper rules evaluate a line model); ``decrease`` is ``c * g^T d``.
+    Returns the :class:`SearchResult` (step 0 and ``accepted=False`` when every trial fails; ``backtracks``
+    counts the shrinks) and the accepted trial's value (NaN when none was accepted).
+
+    Example:
+        >>> result, value = armijo_backtracking(lambda eta: (1.0 - 2.0 * eta) ** 2, 1.0, 1.0, 0.1 * 4.0, 0.5, 10)
+        >>> result.step_size, result.backtracks, value
+        (0.5, 1, 0.0)
+    """
+    eta, j = eta0, 0
+    for j in range(max_backtracks + 1):
+        trial = phi(eta)
+        if math.isfinite(trial) and trial <= reference - eta * decrease:
+            return SearchResult(eta, j, accepted=True, searched=True), trial
+        if j < max_backtracks:
+            eta *= shrink
+    return SearchResult(0.0, j, accepted=False, searched=True), math.nan
