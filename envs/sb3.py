@@ -1,4 +1,5 @@
-"""`SB3VecEnv`: a stable-baselines3 ``VecEnv`` over a `TorchVecEnv`, with numpy at the boundary."""
+"""`SB3VecEnv`: the one stable-baselines3 ``VecEnv`` over a Gymnasium vector env (a `TorchVecEnv` above all),
+with numpy at the boundary."""
 
 from __future__ import annotations
 
@@ -18,23 +19,41 @@ from rlopt.envs.core import TorchVecEnv
 __all__ = ["SB3VecEnv"]
 
 
-class SB3VecEnv(VecEnv):
-    """Expose a `TorchVecEnv` through stable-baselines3's ``VecEnv`` API, so any SB3 algorithm can use it.
+def _numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
 
-    SB3 resets finished copies in the same step, so the wrapped env must use
-    ``autoreset_mode="same_step"``. Per step, everything crosses the device boundary once: observations,
-    rewards and dones as numpy arrays, and a list of ``num_envs`` info dicts as ``DummyVecEnv`` over
-    ``Monitor``-wrapped envs gives them: ``info["TimeLimit.truncated"] = truncated and not terminated``
-    for every copy; for copies that ended, ``info["terminal_observation"]`` (the true final observation)
-    and ``info["episode"] = {"r": return, "l": length, "t": seconds since the episode began}``, so SB3
-    logs ``rollout/ep_rew_mean`` and ``rollout/ep_len_mean`` and ``evaluate_policy`` counts whole
-    episodes (``env_is_wrapped(Monitor)`` is True).
+
+def _autoreset_mode(env: gym.vector.VectorEnv) -> AutoresetMode:
+    mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+    return AutoresetMode(mode) if isinstance(mode, str) else mode
+
+
+class SB3VecEnv(VecEnv):
+    """Expose a Gymnasium vector env, a `TorchVecEnv` above all, through stable-baselines3's ``VecEnv`` API.
+
+    SB3 resets finished copies in the same step, so the env should use ``autoreset_mode="same_step"``. Per
+    step, everything crosses the device boundary once: observations, rewards and dones as numpy arrays, and a
+    list of ``num_envs`` info dicts as ``DummyVecEnv`` over ``Monitor``-wrapped envs gives them:
+    ``info["TimeLimit.truncated"] = truncated and not terminated`` for every copy; for copies that ended,
+    ``info["terminal_observation"]`` (the true final observation) and ``info["episode"] = {"r": return, "l":
+    length, "t": seconds since the episode began}``, so SB3 logs ``rollout/ep_rew_mean`` and
+    ``rollout/ep_len_mean`` and ``evaluate_policy`` counts whole episodes (``env_is_wrapped(Monitor)`` is
+    True). A `TorchVecEnv`'s own episode statistics are used; for other envs they are counted here.
+
+    ``allow_next_step=True`` accepts a next-step env (Gymnasium's default) for code that only *evaluates*
+    through this face (``evaluate_policy``, callbacks): after an episode end the observation returned is the
+    final one (also in ``terminal_observation``) and the next step only resets that copy (its action is
+    ignored, reward 0, not counted in the episode statistics). SB3 algorithms *training* on such a face would
+    see one extra zero-reward transition per episode, hence the default refusal.
 
     ``get_attr``, ``set_attr`` and ``env_method`` act on the one batched env and return its answer once
     per requested index.
 
     Args:
         env: the batched environment (SAME_STEP autoreset).
+        allow_next_step: accept a NEXT_STEP env as described above.
 
     Example:
         >>> import numpy as np
@@ -46,37 +65,57 @@ class SB3VecEnv(VecEnv):
         ((4, 4), dtype('float32'), False)
     """
 
-    def __init__(self, env: TorchVecEnv) -> None:
-        if not isinstance(env, TorchVecEnv):
-            raise TypeError(f"Invalid env: expected an envs.TorchVecEnv, got {type(env).__name__}")
-        if env.autoreset_mode != AutoresetMode.SAME_STEP:
-            raise ValueError(
-                f"Invalid env: SB3 needs autoreset_mode=SAME_STEP, got {env.autoreset_mode.name}; "
-                f"create it with envs.make({env.env_id!r}, ..., autoreset_mode='same_step')"
-            )
+    def __init__(self, env: gym.vector.VectorEnv, allow_next_step: bool = False) -> None:
+        if not isinstance(env, gym.vector.VectorEnv):
+            raise TypeError(f"Invalid env: expected a gymnasium.vector.VectorEnv such as an envs.TorchVecEnv, got "
+                            f"{type(env).__name__}")
+        self.mode = _autoreset_mode(env)
+        allowed = (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP) if allow_next_step else (AutoresetMode.SAME_STEP,)
+        if self.mode not in allowed:
+            hint = (f"create it with envs.make({env.env_id!r}, ..., autoreset_mode='same_step')"
+                    if isinstance(env, TorchVecEnv) else "create it with autoreset_mode=AutoresetMode.SAME_STEP")
+            raise ValueError(f"Invalid env: SB3 needs autoreset_mode=SAME_STEP, got {self.mode.name}; {hint}")
         self.env = env  # before VecEnv.__init__, which asks the env for its render_mode
-        super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)
+        super().__init__(int(env.num_envs), env.single_observation_space, env.single_action_space)
+        self._torch = isinstance(env, TorchVecEnv)
+        self._device = getattr(env, "device", None)
         self._discrete = isinstance(env.single_action_space, gym.spaces.Discrete)
-        self._actions: torch.Tensor | None = None
-        self._episode_start = np.full(env.num_envs, time.time())
+        self._actions: Any = None
+        self._episode_start = np.full(self.num_envs, time.time())
+        # episode statistics of envs that do not report them (a TorchVecEnv does)
+        self._episode_return = np.zeros(self.num_envs)
+        self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
+        self._resetting = np.zeros(self.num_envs, dtype=bool)
+
+    @property
+    def vector_env(self) -> gym.vector.VectorEnv:
+        """The wrapped Gymnasium vector env."""
+        return self.env
 
     def reset(self) -> VecEnvObs:
         """Reset every copy (seeded by the last ``seed()`` call, if any) and return the observations."""
         seed = self._seeds[0] if self._seeds and self._seeds[0] is not None else None
-        obs, _ = self.env.reset(seed=seed)
+        options = self._options[0] if self._options and self._options[0] else None
+        obs, _ = self.env.reset(seed=seed, options=options)
         self._reset_seeds()
         self._reset_options()
         self.reset_infos = [{} for _ in range(self.num_envs)]
         self._episode_start[:] = time.time()
-        return obs.cpu().numpy()
+        self._episode_return[:] = 0.0
+        self._episode_length[:] = 0
+        self._resetting[:] = False
+        return _numpy(obs)
 
     def step_async(self, actions: np.ndarray) -> None:
-        """Store the actions (numpy, as SB3 passes them) as a tensor on the env's device."""
+        """Store the actions (numpy, as SB3 passes them), as a tensor on the env's device for a torch env."""
+        if not (self._torch or isinstance(self._device, torch.device)):
+            self._actions = actions
+            return
         tensor = torch.as_tensor(np.asarray(actions))
         tensor = tensor.to(torch.int64) if self._discrete else tensor.to(torch.float32)
         if self._discrete and tensor.dim() == 2 and tensor.shape[1] == 1:
             tensor = tensor[:, 0]  # some SB3 policies emit discrete actions as (n, 1)
-        self._actions = tensor.to(self.env.device)
+        self._actions = tensor.to(self._device)
 
     def step_wait(self) -> VecEnvStepReturn:
         """Step the batched env and translate its outputs to SB3's conventions."""
@@ -84,18 +123,32 @@ class SB3VecEnv(VecEnv):
             raise RuntimeError("step_wait() called without step_async()")
         obs, reward, terminated, truncated, info = self.env.step(self._actions)
         self._actions = None
-        obs_np = obs.cpu().numpy()
-        reward_np = reward.cpu().numpy()
-        term_np = terminated.cpu().numpy()
-        trunc_np = truncated.cpu().numpy()
+        obs_np = _numpy(obs)
+        reward_np = _numpy(reward).astype(np.float32, copy=False)
+        term_np, trunc_np = _numpy(terminated).astype(bool), _numpy(truncated).astype(bool)
         dones = term_np | trunc_np
         time_limit = trunc_np & ~term_np
         infos: list[dict[str, Any]] = [{"TimeLimit.truncated": bool(t)} for t in time_limit]
+        own_stats = self._torch and "episode" in info
+        if not own_stats:
+            self._episode_return += reward_np
+            self._episode_length += ~self._resetting  # a next-step reset step is not part of an episode
+            if self.mode == AutoresetMode.NEXT_STEP:
+                self._resetting = dones.copy()
         ended = np.flatnonzero(dones)
         if ended.size:
-            final_obs = info["final_obs"][torch.as_tensor(ended, device=self.env.device)].cpu().numpy()
-            ep_r = info["episode"]["r"].cpu().numpy()
-            ep_l = info["episode"]["l"].cpu().numpy()
+            if self.mode == AutoresetMode.NEXT_STEP:
+                final_obs = obs_np[ended]
+            elif self._torch:
+                final_obs = info["final_obs"][torch.as_tensor(ended, device=self._device)].cpu().numpy()
+            else:
+                final_obs = np.stack([_numpy(info["final_obs"][i]) for i in ended])
+            if own_stats:
+                ep_r, ep_l = _numpy(info["episode"]["r"]), _numpy(info["episode"]["l"])
+            else:
+                ep_r, ep_l = self._episode_return.copy(), self._episode_length.copy()
+                self._episode_return[ended] = 0.0
+                self._episode_length[ended] = 0
             now = time.time()
             for j, i in enumerate(ended):
                 infos[i]["terminal_observation"] = final_obs[j]

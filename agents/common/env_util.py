@@ -13,7 +13,6 @@ autoreset, where the step after an episode end only resets the env).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,6 @@ import torch
 from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
-from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 
 @dataclass
@@ -146,99 +144,6 @@ class SB3VecEnvStepper:
 Stepper = VectorEnvStepper | SB3VecEnvStepper
 
 
-def _numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-class VectorEnvToSB3(VecEnv):
-    """The SB3 ``VecEnv`` face of a same-step ``gymnasium.vector.VectorEnv`` (numpy or torch).
-
-    Observations and rewards are converted to numpy; an episode end stores ``terminal_observation`` and
-    ``TimeLimit.truncated`` in the infos as SB3's ``DummyVecEnv`` does. The agents never step through this
-    face (they use the tensors directly); it serves SB3 code that expects a ``VecEnv`` (callbacks,
-    ``evaluate_policy``). Like SB3's ``Monitor`` it reports ``info["episode"]`` (return, length, time) at
-    every episode end, so ``evaluate_policy`` counts whole episodes.
-
-    A next-step env (Gymnasium's default) cannot give SB3's same-step semantics exactly: after an episode
-    end the observation returned is the final one (also in ``terminal_observation``) and the next step only
-    resets that copy (its action is ignored, reward 0). Episode statistics exclude that reset step, so
-    ``evaluate_policy`` results are exact; SB3 algorithms that train on such a face see one extra zero-reward
-    transition per episode. Use a same-step env for them.
-    """
-
-    def __init__(self, env: gym.vector.VectorEnv) -> None:
-        self.vector_env = env
-        self.mode = autoreset_mode(env)
-        super().__init__(int(env.num_envs), env.single_observation_space, env.single_action_space)
-        self._actions: Any = None
-        self._episode_return = np.zeros(self.num_envs)
-        self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
-        self._t_start = time.time()
-        self._resetting = np.zeros(self.num_envs, dtype=bool)
-
-    def reset(self) -> VecEnvObs:
-        seed = self._seeds[0] if self._seeds and self._seeds[0] is not None else None
-        obs, _ = self.vector_env.reset(seed=seed, options=self._options[0] if self._options else None)
-        self._reset_seeds()
-        self._reset_options()
-        self._episode_return[:] = 0.0
-        self._episode_length[:] = 0
-        self._resetting[:] = False
-        return _numpy(obs)
-
-    def step_async(self, actions: np.ndarray) -> None:
-        self._actions = actions
-
-    def step_wait(self) -> VecEnvStepReturn:
-        actions = self._actions
-        if self._is_torch():
-            actions = torch.as_tensor(actions, device=getattr(self.vector_env, "device", None))
-        obs, reward, terminated, truncated, info = self.vector_env.step(actions)
-        obs_np = _numpy(obs)
-        term, trunc = _numpy(terminated).astype(bool), _numpy(truncated).astype(bool)
-        dones = term | trunc
-        rewards = _numpy(reward).astype(np.float32)
-        self._episode_return += rewards
-        self._episode_length += ~self._resetting  # a next-step reset step is not part of an episode
-        next_step = self.mode == AutoresetMode.NEXT_STEP
-        self._resetting = dones if next_step else np.zeros_like(dones)
-        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        if dones.any():
-            final = obs_np if next_step else info["final_obs"]
-            for i in np.flatnonzero(dones):
-                infos[i]["terminal_observation"] = _numpy(final[i])
-                infos[i]["TimeLimit.truncated"] = bool(trunc[i] and not term[i])
-                infos[i]["episode"] = {
-                    "r": float(self._episode_return[i]),
-                    "l": int(self._episode_length[i]),
-                    "t": round(time.time() - self._t_start, 6),
-                }
-            self._episode_return[dones] = 0.0
-            self._episode_length[dones] = 0
-        return obs_np, rewards, dones, infos
-
-    def _is_torch(self) -> bool:
-        return hasattr(self.vector_env, "device")
-
-    def close(self) -> None:
-        self.vector_env.close()
-
-    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
-        return [getattr(self.vector_env, attr_name)] * len(list(self._get_indices(indices)))
-
-    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
-        setattr(self.vector_env, attr_name, value)
-
-    def env_method(self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any) -> list[Any]:
-        return [getattr(self.vector_env, method_name)(*method_args, **method_kwargs)]
-
-    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: Any = None) -> list[bool]:
-        # episode statistics are reported exactly as Monitor reports them (see the class docstring)
-        return [wrapper_class is Monitor] * len(list(self._get_indices(indices)))
-
-
 def _batched_env_ids() -> set[str]:
     from rlopt import envs
 
@@ -304,7 +209,9 @@ def make_env_from_id(
 
 def unwrap_torch_env(env: VecEnv) -> gym.vector.VectorEnv | None:
     """The Gymnasium vector env behind an SB3 view of one (ours or ``rlopt.envs.SB3VecEnv``), else None."""
-    if isinstance(env, VectorEnvToSB3):
+    from rlopt.envs.sb3 import SB3VecEnv
+
+    if isinstance(env, SB3VecEnv):
         return env.vector_env
     for name in ("env", "vector_env"):
         inner = getattr(env, name, None)
@@ -314,12 +221,11 @@ def unwrap_torch_env(env: VecEnv) -> gym.vector.VectorEnv | None:
 
 
 def to_sb3(env: gym.vector.VectorEnv) -> VecEnv:
-    """The SB3 ``VecEnv`` face of a Gymnasium vector env (``rlopt.envs.SB3VecEnv`` for a tensor-batched env)."""
-    from rlopt import envs
+    """The SB3 ``VecEnv`` face of a Gymnasium vector env: ``rlopt.envs.SB3VecEnv``, which the agents never step
+    through (they drive the vector env's tensors directly), so a next-step env is accepted for it."""
+    from rlopt.envs.sb3 import SB3VecEnv
 
-    if isinstance(env, envs.TorchVecEnv) and env.autoreset_mode == AutoresetMode.SAME_STEP:
-        return envs.SB3VecEnv(env)
-    return VectorEnvToSB3(env)
+    return SB3VecEnv(env, allow_next_step=True)
 
 
 def resolve_env(
@@ -378,7 +284,7 @@ def make_eval_env(
         env_id, num_envs=n_envs, vectorization_mode="sync", vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
         **kwargs,
     )
-    face = VectorEnvToSB3(vec)
+    face = to_sb3(vec)
     if seed is not None:
         face.seed(seed)
     return face

@@ -97,3 +97,33 @@ def test_requires_same_step_autoreset() -> None:
         envs.SB3VecEnv(envs.make("CartPole-v1", num_envs=2))
     with pytest.raises(TypeError, match="TorchVecEnv"):
         envs.SB3VecEnv(gym.make("CartPole-v1"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["same_step", "next_step"])
+def test_a_gymnasium_vector_env_through_the_same_adapter_matches_dummy_vec_env(mode: str) -> None:
+    """Gymnasium's own SyncVectorEnv: same-step gives SB3's transitions exactly; a next-step face (accepted
+    with allow_next_step) gives the same episodes, with one extra reset step after each end."""
+    n, limit = 3, 12
+    ref = DummyVecEnv([lambda: Monitor(gym.make("CartPole-v1", max_episode_steps=limit)) for _ in range(n)])
+    vec = gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode="sync", max_episode_steps=limit,
+                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode[mode.upper()]})
+    if mode == "next_step":
+        with pytest.raises(ValueError, match="SB3 needs autoreset_mode=SAME_STEP"):
+            envs.SB3VecEnv(vec)
+    venv = envs.SB3VecEnv(vec, allow_next_step=mode == "next_step")
+    ref.seed(7)
+    venv.seed(7)
+    np.testing.assert_array_equal(venv.reset(), ref.reset())
+    ours: list[tuple[float, int]] = []
+    theirs: list[tuple[float, int]] = []
+    resetting = np.zeros(n, dtype=bool)
+    for _ in range(4 * limit):
+        actions = np.ones(n, dtype=np.int64)  # always push right: every episode ends by termination or limit
+        _, _, done, infos = venv.step(np.where(resetting, 0, actions))
+        ours += [(i["episode"]["r"], i["episode"]["l"]) for i in infos if "episode" in i]
+        if mode == "next_step":
+            resetting = done & ~resetting
+        if mode == "same_step" or not resetting.any():
+            _, _, _, g_infos = ref.step(actions)
+            theirs += [(i["episode"]["r"], i["episode"]["l"]) for i in g_infos if "episode" in i]
+    assert ours and ours[: len(theirs)] == theirs[: len(ours)]
