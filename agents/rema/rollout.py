@@ -33,9 +33,8 @@ from rlopt.envs.reasoning import (
     extract_answer,
     format_answer,
     normalize_answer,
-    parse_expression,
     precedence_plan,
-    render_expression,
+    worked_steps,
 )
 
 __all__ = [
@@ -537,25 +536,11 @@ def _random_plan(n_ops: int, generator: torch.Generator) -> list[int]:
 
 
 def _steps(expression: str, plan: list[int], modulus: int | None) -> list[str]:
-    """One line per reduction: ``a op b=c`` then the rewritten expression (``4*2=8,3+8-7``); the last line
-    ends with the marked answer. Every character is a copy or one local operation, which a small model learns."""
-    trace = execute_plan(expression, plan, modulus)
-    current = expression
-    lines = []
-    for k, index in enumerate(plan):
-        numbers, ops = parse_expression(current)
-        step = f"{numbers[index - 1]}{ops[index - 1]}{numbers[index]}={trace[k]}" if k == len(plan) - 1 else (
-            f"{render_expression(numbers[index - 1 : index + 1], [ops[index - 1]])}="
-            f"{_reduced(numbers[index - 1], ops[index - 1], numbers[index], modulus)},{trace[k]}")
-        lines.append(step)
-        current = trace[k]
-    lines[-1] += ";" + format_answer(trace[-1])
+    """The reasoner's lines for ``plan`` (:func:`rlopt.envs.reasoning.worked_steps`), the last ending with the
+    marked answer (``4*2=8,3+8-7;3+8=11,11-7;11-7=4;\\boxed{4}``)."""
+    lines = worked_steps(expression, plan, modulus)
+    lines[-1] += ";" + format_answer(execute_plan(expression, plan, modulus)[-1])
     return lines
-
-
-def _reduced(a: int, op: str, b: int, modulus: int | None) -> int:
-    value = a + b if op == "+" else a - b if op == "-" else a * b
-    return value % modulus if modulus is not None else value
 
 
 def _solution(expression: str, plan: list[int], modulus: int | None) -> str:

@@ -23,12 +23,14 @@ from rlopt.envs.reasoning.arithmetic import (
     SPLITS,
     ArithmeticTasks,
     ReasoningTask,
+    apply_operator,
     evaluate_expression,
     execute_plan,
     make_split,
     parse_expression,
     precedence_plan,
     render_expression,
+    worked_steps,
 )
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "ArithmeticTasks",
     "ReasoningTask",
     "answers_match",
+    "apply_operator",
     "evaluate_expression",
     "execute_plan",
     "extract_answer",
@@ -48,4 +51,5 @@ __all__ = [
     "parse_expression",
     "precedence_plan",
     "render_expression",
+    "worked_steps",
 ]

@@ -104,7 +104,13 @@ def render_expression(numbers: list[int], ops: list[str]) -> str:
     return "".join(parts)
 
 
-def _apply(a: int, op: str, b: int, modulus: int | None) -> int:
+def apply_operator(a: int, op: str, b: int, modulus: int | None = None) -> int:
+    """``a op b`` for ``op`` in ``+ - *``, reduced mod ``modulus`` when one is given.
+
+    Example:
+        >>> apply_operator(7, "*", 8, modulus=10), apply_operator(2, "-", 9)
+        (6, -7)
+    """
     value = a + b if op == "+" else a - b if op == "-" else a * b
     return value % modulus if modulus is not None else value
 
@@ -138,10 +144,29 @@ def execute_plan(expression: str, plan: list[int], modulus: int | None) -> list[
         if not 1 <= index <= len(ops):
             raise ValueError(f"Invalid plan: {plan}, index {index} outside 1..{len(ops)}")
         i = index - 1
-        numbers[i : i + 2] = [_apply(numbers[i], ops[i], numbers[i + 1], modulus)]
+        numbers[i : i + 2] = [apply_operator(numbers[i], ops[i], numbers[i + 1], modulus)]
         del ops[i]
         trace.append(render_expression(numbers, ops))
     return trace
+
+
+def worked_steps(expression: str, plan: list[int], modulus: int | None = None) -> list[str]:
+    """One line per reduction of ``expression`` under ``plan``: ``a op b=c`` followed by the rewritten
+    expression, the last line ``a op b=value`` alone. Every character is a copy or one local operation.
+
+    Example:
+        >>> worked_steps("3+4*2-7", [2, 1, 1])
+        ['4*2=8,3+8-7', '3+8=11,11-7', '11-7=4']
+    """
+    trace = execute_plan(expression, plan, modulus)
+    current, lines = expression, []
+    for k, index in enumerate(plan):
+        numbers, ops = parse_expression(current)
+        a, op, b = numbers[index - 1], ops[index - 1], numbers[index]
+        lines.append(f"{a}{op}{b}={trace[k]}" if k == len(plan) - 1
+                     else f"{render_expression([a, b], [op])}={apply_operator(a, op, b, modulus)},{trace[k]}")
+        current = trace[k]
+    return lines
 
 
 def evaluate_expression(expression: str, modulus: int | None = None) -> int:
