@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--meta-reward", choices=META_REWARDS, default="correctness",
                         help="meta agent's reward: mean correctness of the reasoner's answers (App. C.2) or their "
                              "consistency, the share of the most frequent answer (Eq. 14)")
+    parser.add_argument("--math-verify", action="store_true",
+                        help="also accept answers math-verify judges equivalent (needs the math extra: pip install "
+                             "'torch-rlopt[math]'); default: the exact normaliser of rlopt.envs.reasoning")
     parser.add_argument("--prompt-filter", type=_filter_range, default=None, metavar="{off,on,EPS_MIN,EPS_MAX}",
                         help="Algorithm 1's prompt filter before each phase of the alternating schedule: off, on "
                              f"(the paper's range {PAPER_FILTER[0]},{PAPER_FILTER[1]}) or a success-rate range "
@@ -148,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_turns=args.max_turns, batch_questions=args.batch_questions,
             n_plans=args.n_plans, n_answers=1 if args.multi_turn and mode == "rema" else args.n_answers,
             max_new_tokens=args.max_new_tokens, kl_coef=args.kl_coef, switch_every=args.switch_every,
-            rewards=RewardConfig(meta_reward=args.meta_reward) if mode == "rema" else None,
+            rewards=RewardConfig(meta_reward=args.meta_reward if mode == "rema" else "correctness",
+                                 use_math_verify=args.math_verify),
             prompt_filter=args.prompt_filter if mode == "rema" else None, filter_k=args.filter_k,
             filter_pool=args.filter_pool,
             optimizer=names if mode == "rema" else names["reasoner"],

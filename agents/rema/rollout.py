@@ -34,6 +34,7 @@ from rlopt.envs.reasoning import (
     format_answer,
     normalize_answer,
     precedence_plan,
+    require_math_verify,
     worked_steps,
 )
 
@@ -127,8 +128,14 @@ class RewardConfig:
     Multi-turn (App. D.2): both agents get ``correct`` when the episode finished (code 0) and the last answer
     is right, else 0.
 
+    Answers are compared by :func:`rlopt.envs.reasoning.answers_match`: the exact normaliser, or with
+    ``use_math_verify=True`` also math-verify's symbolic check (the ``math`` extra). The choice is explicit and
+    saved in checkpoints with the other reward settings, so a run scores answers the same way wherever it
+    resumes.
+
     Raises:
-        ValueError: for an unknown ``meta_reward``.
+        ValueError: for an unknown ``meta_reward``. ImportError: for ``use_math_verify=True`` without
+        math-verify installed.
 
     Example:
         >>> rewards = RewardConfig()
@@ -145,12 +152,16 @@ class RewardConfig:
     wrong_formatted: float = -0.5
     no_answer: float = -1.0
     leak_penalty: float = -1.0
-    use_math_verify: bool = True
+    use_math_verify: bool = False
     meta_reward: str = "correctness"
 
     def __post_init__(self) -> None:
         if self.meta_reward not in META_REWARDS:
             raise ValueError(f"Invalid meta_reward: {self.meta_reward!r}, expected one of {list(META_REWARDS)}")
+        if not isinstance(self.use_math_verify, bool):
+            raise TypeError(f"Invalid use_math_verify: {self.use_math_verify!r}, expected a bool")
+        if self.use_math_verify:
+            require_math_verify()  # fail at construction, not in the middle of a rollout
 
     def reasoner(self, text: str, reference: str) -> tuple[float, bool]:
         """(reward, correct) of a reasoner response."""

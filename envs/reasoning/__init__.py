@@ -17,6 +17,7 @@ from rlopt.envs.reasoning.answers import (
     format_answer,
     load_jsonl,
     normalize_answer,
+    require_math_verify,
 )
 from rlopt.envs.reasoning.arithmetic import (
     OPERATORS,
@@ -51,5 +52,6 @@ __all__ = [
     "parse_expression",
     "precedence_plan",
     "render_expression",
+    "require_math_verify",
     "worked_steps",
 ]

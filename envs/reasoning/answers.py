@@ -4,9 +4,10 @@ The reasoner marks its final answer as ``\\boxed{...}`` (the format of ReMA, Wan
 App. G). :func:`extract_answer` returns the content of the last ``\\boxed{...}`` with balanced braces.
 
 Verification compares normalised strings exactly, then, when both sides are numbers, their exact rational
-values (``0.5 == 1/2 == \\frac{1}{2}``). When the optional ``math-verify`` package is installed,
-:func:`answers_match` also accepts what ``math_verify.verify`` accepts (symbolic equivalence of LaTeX
-expressions); without it the documented normaliser below is the whole rule.
+values (``0.5 == 1/2 == \\frac{1}{2}``). With ``use_math_verify=True`` (an explicit choice: it needs the
+``math`` extra, ``pip install 'torch-rlopt[math]'``), :func:`answers_match` also accepts what
+``math_verify.verify`` accepts (symbolic equivalence of LaTeX expressions); by default the documented
+normaliser below is the whole rule, whatever is installed.
 
 The normaliser (:func:`normalize_answer`): strip whitespace and surrounding ``$``; drop ``\\left``/``\\right``,
 ``\\!``, ``\\,``, ``\\text{...}``/``\\mathrm{...}`` wrappers (keeping their content), a trailing period, a
@@ -118,22 +119,33 @@ def normalize_answer(answer: str) -> str:
     return compact
 
 
-def _math_verify_match(predicted: str, reference: str) -> bool | None:
-    """``math_verify``'s judgement, or ``None`` when the package is not installed."""
+def require_math_verify() -> object:
+    """The ``math_verify`` module, or an ``ImportError`` naming the extra that installs it."""
     try:
         import math_verify
-    except ImportError:
-        return None
+    except ImportError as error:
+        raise ImportError("use_math_verify=True needs math-verify: pip install 'torch-rlopt[math]' "
+                          "(or pip install math-verify)") from error
+    return math_verify
+
+
+def _math_verify_match(predicted: str, reference: str) -> bool:
+    """``math_verify``'s judgement (a parser failure is a non-match)."""
+    math_verify: object = require_math_verify()
     try:
-        gold = math_verify.parse(format_answer(reference))
-        pred = math_verify.parse(format_answer(predicted))
-        return bool(math_verify.verify(gold, pred))
+        gold = math_verify.parse(format_answer(reference))  # type: ignore[attr-defined]
+        pred = math_verify.parse(format_answer(predicted))  # type: ignore[attr-defined]
+        return bool(math_verify.verify(gold, pred))  # type: ignore[attr-defined]
     except Exception:  # a parser failure is a non-match, never a crash of the training loop
         return False
 
 
-def answers_match(predicted: str | None, reference: str, use_math_verify: bool = True) -> bool:
-    """Whether ``predicted`` equals ``reference`` after normalisation (or per math-verify when installed).
+def answers_match(predicted: str | None, reference: str, use_math_verify: bool = False) -> bool:
+    """Whether ``predicted`` equals ``reference`` after normalisation (or, with ``use_math_verify``, per
+    math-verify's symbolic check, which needs the ``math`` extra).
+
+    Raises:
+        ImportError: with ``use_math_verify=True`` when math-verify is not installed.
 
     Example:
         >>> answers_match("0.5", "\\\\frac{1}{2}"), answers_match("3", "4"), answers_match(None, "4")
@@ -144,7 +156,7 @@ def answers_match(predicted: str | None, reference: str, use_math_verify: bool =
     if normalize_answer(predicted) == normalize_answer(reference):
         return True
     if use_math_verify:
-        return bool(_math_verify_match(predicted, reference))
+        return _math_verify_match(predicted, reference)
     return False
 
 

@@ -150,3 +150,18 @@ def test_docstring_examples() -> None:
 
     result = doctest.testmod(rollout, raise_on_error=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_verifier_choice_is_explicit_and_saved_with_the_rewards(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    from dataclasses import asdict
+
+    from rlopt.agents.rema import RewardConfig
+
+    assert RewardConfig().use_math_verify is False
+    assert asdict(RewardConfig())["use_math_verify"] is False  # what ReMA.save stores
+    monkeypatch.setitem(sys.modules, "math_verify", None)
+    with pytest.raises(ImportError, match=r"torch-rlopt\[math\]"):
+        RewardConfig(use_math_verify=True)  # refused at construction, not mid-rollout
+    with pytest.raises(TypeError, match="use_math_verify"):
+        RewardConfig(use_math_verify="yes")  # type: ignore[arg-type]

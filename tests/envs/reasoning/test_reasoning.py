@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import importlib.util
 import itertools
 import json
 from pathlib import Path
@@ -138,3 +139,16 @@ def test_bad_input_errors_name_the_argument(tmp_path: Path) -> None:
 def test_docstring_examples(module: object) -> None:
     result = doctest.testmod(module, raise_on_error=False)  # type: ignore[arg-type]
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_math_verify_is_used_only_when_asked_and_then_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    symbolic = ("2\\sqrt{2}", "\\sqrt{8}")  # equal, but not by the exact normaliser
+    assert not er.answers_match(*symbolic)  # the default ignores math-verify even where it is installed
+    if importlib.util.find_spec("math_verify") is not None:
+        assert er.answers_match(*symbolic, use_math_verify=True)
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # makes `import math_verify` fail
+    with pytest.raises(ImportError, match=r"torch-rlopt\[math\]"):
+        er.answers_match(*symbolic, use_math_verify=True)
+    assert er.answers_match("4", "4.0", use_math_verify=True)  # an exact match needs no verifier
