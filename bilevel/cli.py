@@ -19,6 +19,7 @@ import torch
 from rlopt.bilevel.hypergradients import HYPERGRADIENT_METHODS
 from rlopt.bilevel.problems import PROBLEMS, BilevelProblem, MetaGradientRL
 from rlopt.bilevel.solver import ALGORITHMS, RULES, BilevelHistory, BilevelSolver
+from rlopt.tools.scalars import tensorboard_logger, write_scalars
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -165,11 +166,7 @@ def run(args: argparse.Namespace) -> int:
     name = f"{args.problem}-{args.algorithm}-{args.upper}-{args.lower}-s{args.seed}"
     out = Path(args.out) if args.out is not None else Path("runs") / "bilevel" / name
     out.mkdir(parents=True, exist_ok=True)
-    writer = None
-    if not args.no_tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(log_dir=str(out))
+    logger = None if args.no_tensorboard else tensorboard_logger(out)
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
@@ -178,10 +175,8 @@ def run(args: argparse.Namespace) -> int:
 
     def log(record: dict[str, float]) -> None:
         step = int(record["step"])
-        if writer is not None:
-            for key, value in record.items():
-                if key != "step" and math.isfinite(value):
-                    writer.add_scalar(f"bilevel/{key}", value, step)
+        if logger is not None:
+            write_scalars(logger, {f"bilevel/{key}": value for key, value in record.items() if key != "step"}, step)
         if bar is not None:
             bar.update(1)
             shown: dict[str, str] = {
@@ -198,8 +193,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-        if writer is not None:
-            writer.close()
+        if logger is not None:
+            logger.close()
     (out / "history.json").write_text(
         json.dumps({"arguments": vars(args), "records": history.records}, indent=1, default=str)
     )

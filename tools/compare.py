@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rlopt.factory import build_optimizer
+from rlopt.factory import build_optimizer, closure_step, step_stats
 from rlopt.optimizer import StepSizeOptimizer
+from rlopt.tools.scalars import tensorboard_logger, write_scalars
 
 __all__ = ["DATASETS", "GRIDS", "RULES", "RunResult", "Task", "compare", "load_task", "plot", "run"]
 
@@ -113,7 +114,7 @@ def run(
     epochs: int,
     seed: int,
     label: str | None = None,
-    writer: Any = None,
+    logger: Any = None,
 ) -> RunResult:
     """Train ``task`` with one optimizer for ``epochs`` epochs of shuffled minibatches."""
     torch.manual_seed(seed)
@@ -140,25 +141,18 @@ def run(
             def closure(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
                 return task.loss_fn(model(xb), yb)
 
-            if isinstance(opt, StepSizeOptimizer):
-                opt.step(closure)
-                result.step_sizes.append(opt.stats["step_size"])
-                result.forward_calls += int(opt.stats["forward_calls"])
-                if writer is not None:
-                    for key in ("step_size", "backtracks", "loss", "grad_norm", "forward_calls"):
-                        writer.add_scalar(f"{result.label}/{key}", opt.stats[key], step)
-            else:
-                opt.zero_grad(set_to_none=True)
-                loss = closure()
-                loss.backward()
-                opt.step()
-                result.step_sizes.append(opt.param_groups[0]["lr"])
-                result.forward_calls += 1
+            closure_step(opt, closure)
+            stats = step_stats(opt)
+            result.step_sizes.append(stats.step_size)
+            result.forward_calls += int(stats.forward_calls)
+            if logger is not None and isinstance(opt, StepSizeOptimizer):
+                write_scalars(logger, {f"{result.label}/{key}": float(opt.stats[key]) for key in
+                                       ("step_size", "backtracks", "loss", "grad_norm", "forward_calls")}, step)
             step += 1
         loss_now = full_loss()
         result.losses.append(loss_now)
-        if writer is not None:
-            writer.add_scalar(f"{result.label}/train_loss", loss_now, len(result.losses) - 1)
+        if logger is not None:
+            write_scalars(logger, {f"{result.label}/train_loss": loss_now}, len(result.losses) - 1)
         if not math.isfinite(loss_now):
             result.diverged = True
             break
@@ -178,11 +172,6 @@ def compare(
 
     Returns ``{task: {label: [RunResult per seed]}}`` with labels ``"sls"``, ... and ``"sgd lr=0.1"``, ...
     """
-    writer_cls = None
-    if log_dir is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer_cls = SummaryWriter
     configs: list[tuple[str, str, dict[str, Any]]] = [(k, name, kw) for k, (name, kw) in RULES.items()]
     for base, grid in GRIDS.items():
         configs += [(f"{base} lr={lr:g}", base, {"lr": lr}) for lr in grid]
@@ -196,18 +185,18 @@ def compare(
     for task_name in task_names:
         task = load_task(task_name)
         out[task_name] = {}
-        writer = writer_cls(str(Path(log_dir) / task_name)) if writer_cls is not None and log_dir is not None else None
+        logger = tensorboard_logger(Path(log_dir) / task_name) if log_dir is not None else None
         for label, name, kwargs in configs:
             out[task_name][label] = []
             for seed in seeds:
                 out[task_name][label].append(
                     run(task, name, kwargs, epochs=epochs, seed=seed, label=label,
-                        writer=writer if seed == seeds[0] else None)
+                        logger=logger if seed == seeds[0] else None)
                 )
                 if bar is not None:
                     bar.update(1)
-        if writer is not None:
-            writer.close()
+        if logger is not None:
+            logger.close()
     if bar is not None:
         bar.close()
     return out

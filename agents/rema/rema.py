@@ -59,6 +59,7 @@ from rlopt.agents.rema.rollout import (
     success_rates,
 )
 from rlopt.envs.reasoning import ArithmeticTasks, ReasoningTask, make_split
+from rlopt.tools.scalars import tensorboard_logger, write_scalars
 from rlopt.validation import check_choice
 
 __all__ = ["ALGORITHMS", "MODES", "PAPER_FILTER", "ReMA"]
@@ -355,7 +356,7 @@ class ReMA:
         self._phase_tasks: list[ReasoningTask] | None = None
         self._phase_order: list[int] = []
         self.history: list[dict[str, float]] = []
-        self._writer: Any = None
+        self._logger: Any = None
         self._init_kwargs = {
             "mode": mode, "algorithm": algorithm, "shared_weights": self.shared_weights, "schedule": self.schedule,
             "switch_every": switch_every, "start_role": start_role, "multi_turn": multi_turn, "max_turns": max_turns,
@@ -558,10 +559,8 @@ class ReMA:
         ``False`` stops training."""
         if not isinstance(total_updates, int) or total_updates < 0:
             raise ValueError(f"Invalid total_updates: {total_updates!r}, expected a non-negative integer")
-        if self.tensorboard_log is not None and self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=_next_run_dir(self.tensorboard_log, tb_log_name))
+        if self.tensorboard_log is not None and self._logger is None:
+            self._logger = tensorboard_logger(_next_run_dir(self.tensorboard_log, tb_log_name))
         if not self.history and (self.eval_tasks or self.ood_tasks):
             self._record_eval()
         for _ in range(total_updates):
@@ -579,8 +578,6 @@ class ReMA:
                 break
         if (self.eval_tasks or self.ood_tasks) and (not self.history or self.history[-1]["update"] != self.num_updates):
             self._record_eval()
-        if self._writer is not None:
-            self._writer.flush()
         return self
 
     def train_step(self) -> dict[str, float]:
@@ -698,19 +695,16 @@ class ReMA:
         if self.ood_tasks:
             row["ood_accuracy"] = self.evaluate(self.ood_tasks)["accuracy"]
         self.history.append(row)
-        if self._writer is not None:
-            for key in ("accuracy", "ood_accuracy"):
-                if key in row:
-                    self._writer.add_scalar(f"eval/{key}", row[key], self.num_updates)
+        if self._logger is not None:
+            write_scalars(self._logger, {f"eval/{key}": row[key] for key in ("accuracy", "ood_accuracy") if key in row},
+                          self.num_updates)
         if self.verbose:
             print(json.dumps({k: round(v, 4) for k, v in row.items()}))
 
     def _log(self, stats: dict[str, float]) -> None:
-        if self._writer is None:
-            return
-        for key, value in stats.items():
-            tag = key if "/" in key else f"rollout/{key}"
-            self._writer.add_scalar(tag, value, self.num_updates)
+        if self._logger is not None:
+            tagged = {key if "/" in key else f"rollout/{key}": value for key, value in stats.items()}
+            write_scalars(self._logger, tagged, self.num_updates)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
