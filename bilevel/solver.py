@@ -89,12 +89,12 @@ from torch import Tensor
 import rlopt
 from rlopt.bilevel import _tree
 from rlopt.bilevel._tree import Tree
+from rlopt.bilevel.algorithms import ALGORITHMS, BilevelAlgorithm
 from rlopt.bilevel.hypergradients import HYPERGRADIENT_METHODS, ImplicitSystem, NonFiniteError, hypergradient
-from rlopt.bilevel.linear_solvers import conjugate_gradient, neumann_series, richardson
+from rlopt.bilevel.linear_solvers import conjugate_gradient
 from rlopt.bilevel.problems.base import BilevelProblem
 from rlopt.bilevel.upper_rules import ArmijoSearch, PolyakStep, UpperStep
 
-ALGORITHMS = ("stocbio", "amigo", "soba", "double_loop", "lookahead")
 RULES = ("sgd", "adam", "bisls", "bisps", "bisls-adam", "bisps-adam")
 RESPONSES = ("linear", "fixed")
 
@@ -232,11 +232,12 @@ class BilevelSolver:
             raise TypeError(f"Invalid seed: {seed!r}, expected an int")
         self.problem = problem
         self.algorithm = algorithm
+        self.strategy: BilevelAlgorithm = ALGORITHMS[algorithm]()
         self.upper_spec, self.lower_spec = upper, lower
         self.upper_lr, self.lower_lr = upper_lr, lower_lr
         self.upper_options = dict(upper_options or {})
         self.lower_options = dict(lower_options or {})
-        self.inner_steps = 1 if algorithm in ("soba", "lookahead") else inner_steps
+        self.inner_steps = 1 if self.strategy.single_loop else inner_steps
         self.linear_steps = linear_steps
         self.linear_lr = linear_lr
         self.hypergrad = hypergrad
@@ -372,17 +373,10 @@ class BilevelSolver:
         """
         b = system.grad_y_upper
         b_norm = float(_tree.norm(b))
+        steps = self.strategy.linear_iterations(self)
         for attempt in range(2):
             eta = self._eta_for(system, refresh=attempt > 0)
-            steps = 1 if self.algorithm == "soba" else self.linear_steps
-            if self.algorithm == "stocbio":
-                v = neumann_series(system.hvp, b, alpha=eta, iterations=steps).solution
-                start = 0.0
-                bound_terms = steps + 1
-            else:
-                v = richardson(system.hvp, b, v0, alpha=eta, iterations=steps).solution
-                start = 0.0 if v0 is None else float(_tree.norm(v0))
-                bound_terms = steps
+            v, start, bound_terms = self.strategy.linear_solve(system, v0, eta, steps)
             bound = start + eta * bound_terms * b_norm
             if _tree.is_finite(v) and float(_tree.norm(v)) <= bound * (1 + 1e-6) + 1e-30:
                 return v
@@ -524,48 +518,10 @@ class BilevelSolver:
         """One outer step of the algorithm; returns its record (without metrics)."""
         problem = self.problem
         record: dict[str, float] = {"step": float(self.outer_step)}
-        system: ImplicitSystem | None = None
-        line: Callable[[Tree], float] | None = None
         x_start = _tree.tree_map(lambda t: t.detach().clone(), self.x)
         lower_batch_h = problem.sample_lower_batch(self.generator, *self.variables)
-        if self.algorithm == "lookahead":
-            y_start = _tree.tree_map(lambda t: t.detach().clone(), self.y)
-            skipped_before = self.lower_skipped
-            record.update(self._lower_sweep(1, lower_batch_h))
-            if self.lower_skipped > skipped_before:  # the step was undone: there is no step to differentiate
-                record["lower_step_size"] = 0.0
-            # Drawn after the lower step: an on-policy problem collects it with the updated y.
-            upper_batch = problem.sample_upper_batch(self.generator, *self.variables)
-            d, line = self._lookahead(x_start, y_start, record["lower_step_size"], lower_batch_h, upper_batch)
-        elif self.algorithm == "soba":
-            # SOBA: every term at the current (x, y, v), on the same lower minibatch; then all updates.
-            upper_batch = problem.sample_upper_batch(self.generator, *self.variables)
-            system = self._system(lower_batch_h, upper_batch)
-            v = self.v if self.v is not None else _tree.zeros_like(system.grad_y_upper)
-            d = system.combine(v)
-            v_next = self._solve_v(system, v)
-            record.update(self._lower_sweep(1, lower_batch_h))
-            self.v = v_next
-        else:
-            record.update(self._lower_sweep(self.inner_steps))
-            upper_batch = problem.sample_upper_batch(self.generator, *self.variables)
-            system = self._system(lower_batch_h, upper_batch)
-            if self.algorithm == "stocbio":
-                d = system.combine(self._solve_v(system, None))
-            elif self.algorithm == "amigo":
-                self.v = self._solve_v(system, self.v)
-                d = system.combine(self.v)
-            else:
-
-                def upper(x: Tree, y: Tree) -> Tensor:
-                    return problem.upper_loss(x, y, upper_batch)
-
-                def lower(x: Tree, y: Tree) -> Tensor:
-                    return problem.lower_loss(x, y, lower_batch_h)
-
-                d = hypergradient(
-                    upper, lower, system.x, system.y, self.hypergrad, validate=False, **self.hypergrad_options
-                )
+        direction = self.strategy.direction(self, record, lower_batch_h, x_start)
+        d, upper_batch, system, line = direction.d, direction.upper_batch, direction.system, direction.line
         d = _tree.detach(d)
         record["hypergradient_norm"] = float(_tree.norm(d))
         if not _tree.is_finite(d):
