@@ -13,7 +13,7 @@ merges result files, prints the tables and draws the plots without training.
 
 ``--trace N`` prints, for one seed, the return estimate and the step of every update of an N-step run (how
 the step-size rules behave on the REINFORCE loss). Results and the commands of the recorded study:
-benchmarks/RESULTS-pgstudy.md; its curves: benchmarks/agents_stepsizes.json.
+benchmarks/notes/RESULTS.md ("step sizes for REINFORCE/GPOMDP"); its curves: benchmarks/agents_stepsizes.json.
 
 Usage:
     python benchmarks/bench_agents_stepsizes.py --envs CartPole-v1 --seeds 5
@@ -43,7 +43,7 @@ SETTINGS: dict[str, dict[str, float]] = {
     # its update (so the one at 8192 steps is the initial policy's)
     "CartPole-v1": {"target": 475.0, "budget": 12 * 8192, "eval_every": 8192},
     "Acrobot-v1": {"target": -100.0, "budget": 10 * 8192, "eval_every": 8192},
-    # REINFORCE/GPOMDP is far from -200 within any budget this study affords (see RESULTS-pgstudy.md):
+    # REINFORCE/GPOMDP is far from -200 within any budget this study affords (see benchmarks/notes/RESULTS.md):
     # the target is a clear improvement over the initial policies' -1100 to -1600 (none reached it)
     "Pendulum-v1": {"target": -900.0, "budget": 160_000, "eval_every": 16_000},
     "MountainCarContinuous-v0": {"target": 90.0, "budget": 300_000, "eval_every": 20_000},

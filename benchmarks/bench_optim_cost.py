@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import report
 import torch
 from torch import nn
 
@@ -97,6 +98,7 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, labels {args.labels}")
+    rows: list[list[object]] = []
     for label, (sizes, batch) in MODELS.items():
         print(f"\n{label}")
         print(f"{'optimizer':>10} {'ms/step':>9} {'x SGD':>7} {'best ms':>9} {'best x':>7} {'fwd/step':>9}")
@@ -111,6 +113,17 @@ def main() -> None:
         for name in OPTIMIZERS:
             t, best = statistics.median(times[name]), min(times[name])
             print(f"{name:>10} {1e3 * t:9.3f} {t / sgd:7.2f} {1e3 * best:9.3f} {best / sgd_best:7.2f} {fwd[name]:9.2f}")
+            rows.append([label, name, round(1e3 * t, 3),
+                         round(t / sgd, 2), round(best / sgd_best, 2), round(fwd[name], 2)])
+    report.save(
+        "optim_cost", package="rlopt", title="Cost per step against torch.optim.SGD and Adam",
+        protocol=f"Median over {args.repeats} interleaved repeats of {args.steps} steps after {args.warmup} warm-up "
+        f"steps on 16 fixed minibatches ({args.labels} labels, cross-entropy), torch's "
+        f"{torch.get_num_threads()} threads. 'x SGD' is the median time per step over SGD's in the same run, "
+        "'best x' the ratio of the fastest repeats (noise only adds time). 'floor' is an SGD step plus one no-grad "
+        "forward: the least a line search with one trial can cost. Target: SLS and PoNoS at most 1.5x SGD.",
+        columns=["model", "optimizer", "ms/step", "x SGD", "best x", "forwards/step"], rows=rows,
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ are marked (*choice*).
   with slack as BiSLS's and is halved until it passes; the lower ``rlopt.SPS`` does the same on its level
   (``search=True``). Without the test, BiSPS is SGD on the envelope schedules and its large first steps go
   unchecked: on hyper-cleaning at p = 0.7 they saturated 8.5 % of the weights ``σ(λ_i)`` for good and the
-  test accuracy stayed 3.3 points below the best tuned grid point (``benchmarks/RESULTS.md``).
+  test accuracy stayed 3.3 points below the best tuned grid point (``benchmarks/notes/RESULTS.md``).
   ``upper_options={"search": False}`` / ``lower_options={"search": False}`` give the evaluation-free rules.
 - Defaults (*choice*): upper ``lr_b = 1e3``, ``c = 0.1``, ``β = 0.5``, ``γ = 2``, ``n = 10``; lower
   ``lr_b = 10`` with rlopt's SLS/SPS defaults. Adam versions ``"bisls-adam"``/``"bisps-adam"``: both levels
