@@ -11,9 +11,10 @@ Example:
     ('meta', 'reasoner')
 """
 
+from rlopt.agents.rema.config import ALGORITHMS, MODES, PAPER_FILTER, ReMAConfig
 from rlopt.agents.rema.losses import grpo_advantages, k3_kl, policy_loss, reinforce_pp_advantages, turn_level_ratio
 from rlopt.agents.rema.policy import CharTokenizer, Generation, Policy, TinyConfig, TinyPolicy
-from rlopt.agents.rema.rema import ALGORITHMS, MODES, PAPER_FILTER, ReMA
+from rlopt.agents.rema.rema import ReMA
 from rlopt.agents.rema.rollout import (
     FINISH,
     META_REWARDS,
@@ -46,6 +47,7 @@ __all__ = [
     "Policy",
     "Prompts",
     "ReMA",
+    "ReMAConfig",
     "RewardConfig",
     "Rollout",
     "Sampling",

@@ -25,21 +25,17 @@ solve in one pass) with the same algorithm and the same number of reasoner sampl
 from __future__ import annotations
 
 import json
-import math
 import os
-import pickle
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 import rlopt
-from rlopt._atomic import atomic_write
+from rlopt.agents.rema.config import ALGORITHMS, MODES, PAPER_FILTER, ReMAConfig
 from rlopt.agents.rema.losses import grpo_advantages, k3_kl, masked_mean, policy_loss, reinforce_pp_advantages
 from rlopt.agents.rema.policy import Policy, TinyConfig, TinyPolicy
 from rlopt.agents.rema.rollout import (
@@ -47,7 +43,6 @@ from rlopt.agents.rema.rollout import (
     ROLES,
     TINY_PROMPTS,
     Prompts,
-    RewardConfig,
     Rollout,
     Sampling,
     Segment,
@@ -62,13 +57,7 @@ from rlopt.envs.reasoning import ArithmeticTasks, ReasoningTask, make_split
 from rlopt.tools.scalars import tensorboard_logger, write_scalars
 from rlopt.validation import check_choice
 
-__all__ = ["ALGORITHMS", "MODES", "PAPER_FILTER", "ReMA"]
-
-ALGORITHMS = ("reinforce++", "grpo")
-MODES = ("rema", "vrp", "mrp")
-SCHEDULES = ("alternate", "simultaneous")
-#: the success-rate range of Algorithm 1's prompt filter in the paper's MATH runs (App. D.1)
-PAPER_FILTER = (0.2, 0.8)
+__all__ = ["ALGORITHMS", "MODES", "PAPER_FILTER", "ReMA", "ReMAConfig"]
 
 Callback = Callable[[dict[str, float]], bool | None]
 
@@ -83,61 +72,6 @@ def _per_role(name: str, value: Any, roles: Sequence[str]) -> dict[str, Any]:
     return dict.fromkeys(roles, value)
 
 
-def _check_filter(prompt_filter: object, filter_k: object, filter_pool: object, *, mode: str, schedule: str,
-                  multi_turn: bool) -> tuple[float, float] | None:
-    """Check the prompt-filter arguments; returns ``(eps_min, eps_max)`` or ``None`` (off)."""
-    for name, value in (("filter_k", filter_k), ("filter_pool", filter_pool)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"Invalid {name}: {value!r}, expected a positive integer")
-    if filter_k is None:
-        raise ValueError("Invalid filter_k: None, expected a positive integer")
-    if prompt_filter is None or prompt_filter is False or prompt_filter == "off":
-        return None
-    if prompt_filter is True or prompt_filter == "on":
-        prompt_filter = PAPER_FILTER
-    if (isinstance(prompt_filter, (str, bytes)) or not isinstance(prompt_filter, Sequence)
-            or len(prompt_filter) != 2
-            or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in prompt_filter)):
-        raise ValueError(f"Invalid prompt_filter: {prompt_filter!r}, expected None/'off', True/'on' "
-                         f"(= {PAPER_FILTER}) or a pair (eps_min, eps_max) of numbers")
-    eps_min, eps_max = float(prompt_filter[0]), float(prompt_filter[1])
-    if not (math.isfinite(eps_min) and math.isfinite(eps_max) and 0.0 <= eps_min <= eps_max <= 1.0):
-        raise ValueError(f"Invalid prompt_filter: {prompt_filter!r}, expected 0 <= eps_min <= eps_max <= 1")
-    if mode != "rema" or schedule != "alternate" or multi_turn:
-        raise ValueError(f"Invalid prompt_filter: Algorithm 1's filter is for single-turn ReMA with the alternating "
-                         f"schedule, got mode={mode!r}, schedule={schedule!r}, multi_turn={multi_turn}")
-    return eps_min, eps_max
-
-
-def _validate(*, mode: str, algorithm: str, start_role: str, schedule: str | None, ratio: str | None,
-              aggregate: str | None, switch_every: int, max_turns: int, batch_questions: int, n_plans: int,
-              n_answers: int, max_new_tokens: int, n_epochs: int, multi_turn: bool, clip_eps: float) -> None:
-    """Check the arguments of :class:`ReMA` before anything is built."""
-    check_choice("mode", mode, MODES)
-    check_choice("algorithm", algorithm, ALGORITHMS)
-    check_choice("start_role", start_role, ROLES)
-    if schedule is not None:
-        check_choice("schedule", schedule, SCHEDULES)
-    if ratio is not None:
-        check_choice("ratio", ratio, ("turn", "token"))
-    if aggregate is not None:
-        check_choice("aggregate", aggregate, ("trajectory", "token"))
-    for name, value in (("switch_every", switch_every), ("max_turns", max_turns),
-                        ("batch_questions", batch_questions), ("n_plans", n_plans), ("n_answers", n_answers),
-                        ("max_new_tokens", max_new_tokens), ("n_epochs", n_epochs)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"Invalid {name}: {value!r}, expected a positive integer")
-    if multi_turn and mode != "rema":
-        raise ValueError(f"Invalid multi_turn: True needs mode='rema', got mode={mode!r}")
-    if multi_turn and n_answers != 1:
-        raise ValueError(f"Invalid n_answers: {n_answers}, expected 1 with multi_turn=True (one reasoner per "
-                         "episode)")
-    if algorithm == "grpo" and n_plans * (1 if mode == "rema" else n_answers) < 2:
-        raise ValueError("Invalid n_plans: GRPO needs groups of at least 2 samples per question")
-    if not 0 < clip_eps < 1:
-        raise ValueError(f"Invalid clip_eps: {clip_eps!r}, expected 0 < clip_eps < 1")
-
-
 class ReMA:
     """The ReMA trainer with ``learn``/``evaluate``/``save``/``load`` in the style of the other agents.
 
@@ -147,52 +81,21 @@ class ReMA:
             :class:`rlopt.envs.reasoning.ReasoningTask` (e.g. from ``load_jsonl``).
         policy: ``"tiny"`` (built-in character transformers from ``tiny_config``), a :class:`Policy` (copied
             for the second agent when weights are separate) or a mapping ``{"meta": ..., "reasoner": ...}``.
-        mode: ``"rema"`` (two agents), ``"vrp"`` or ``"mrp"`` (single-agent baselines).
-        algorithm: ``"reinforce++"`` or ``"grpo"``.
-        shared_weights: one model for both roles (default: True for GRPO, False for REINFORCE++).
-        schedule: ``"alternate"`` (train one agent, freeze the other) or ``"simultaneous"``; default
-            alternate for separate weights, simultaneous for shared ones.
-        switch_every: updates between switches of the alternating schedule (paper code: 10).
-        start_role: the role trained first by the alternating schedule.
-        multi_turn: multi-turn episodes ending with ``[FINISH]`` (``n_answers`` must then be 1).
-        max_turns: meta turns per multi-turn episode.
-        batch_questions: questions per update.
-        n_plans: plans (episodes) per question: the GRPO group of the meta agent.
-        n_answers: reasoner answers per plan; baselines draw ``n_plans * n_answers`` answers per question.
-        max_new_tokens: tokens per turn.
-        max_prompt_length: token budget of an agent's accumulated prompt (multi-turn); default
-            ``context length - max_new_tokens``.
-        temperature: sampling temperature. top_p: nucleus mass.
-        clip_eps: PPO clipping range.
-        kl_coef: weight of the k3 KL to the frozen reference (REINFORCE++: in the reward, default 0.01 as in
-            the paper; GRPO: in the loss, default 0 as in the paper's multi-turn runs).
-        ratio: ``"turn"`` or ``"token"`` (default turn for GRPO, token for REINFORCE++).
-        aggregate: ``"trajectory"`` or ``"token"`` (default trajectory for GRPO, token for REINFORCE++).
-        n_epochs: optimizer steps on each rollout batch.
+        config: the run's hyperparameters, a :class:`ReMAConfig` (default: its defaults). Its fields may also be
+            given as keywords, ``ReMA(n_plans=4, algorithm="grpo")``, which replace those of ``config``.
         optimizer: a name of :data:`rlopt.OPTIMIZERS` or an optimizer class, or a mapping per role.
         optimizer_kwargs: keyword arguments of the optimizer, or a mapping per role.
-        max_grad_norm: gradient clipping for torch optimizers (rlopt's rules are not clipped).
-        rewards: the reward settings. prompts: system prompts (default: short ones for tiny models, the
+        prompts: system prompts (default: short ones for tiny models, the
             paper's for Hugging Face models).
-        prompt_filter: Algorithm 1's prompt filtering (single-turn ReMA, alternating schedule): before each phase
-            (every ``switch_every`` updates) ``filter_pool`` candidate questions are drawn, their success rate
-            measured as in :func:`rlopt.agents.rema.rollout.success_rates` for the role about to be trained, and the
-            phase trains on the questions whose rate lies in ``[eps_min, eps_max]``. ``None``/``"off"``
-            (default): no filtering; ``True``/``"on"``: the paper's MATH range :data:`PAPER_FILTER`
-            ``(0.2, 0.8)``; or a pair ``(eps_min, eps_max)``. If no candidate is in range the phase trains on
-            all candidates and a ``RuntimeWarning`` is issued (counted in ``filter_fallbacks``).
-        filter_k: samples per question of the filter (paper: 10; default 4, which keeps the filter's cost near
-            that of the phase's own rollouts on a CPU).
-        filter_pool: candidate questions per phase (default ``batch_questions * switch_every``, what one phase
-            consumes without filtering); kept questions are reshuffled and reused within the phase.
         tiny_config: size of the built-in models.
         eval_tasks: in-distribution evaluation tasks (default for ``"arithmetic"``: 128 test-split tasks).
         ood_tasks: out-of-distribution evaluation tasks (default for ``"arithmetic"``: 128 OOD tasks).
-        modulus: modulus of the built-in tasks (``None``: integers).
         device: torch device of the policies and the sampler.
-        seed: seed of the task stream, the initial weights and the sampler.
         tensorboard_log: directory of TensorBoard runs (``None``: no logging).
         verbose: 1 prints a line per evaluation.
+
+    Raises:
+        TypeError: for a keyword that is neither an argument nor a :class:`ReMAConfig` field.
 
     Example:
         >>> from rlopt.agents.rema import ReMA
@@ -209,85 +112,50 @@ class ReMA:
         self,
         tasks: str | ArithmeticTasks | Sequence[ReasoningTask] = "arithmetic",
         policy: str | Policy | Mapping[str, Policy] = "tiny",
+        config: ReMAConfig | None = None,
         *,
-        mode: str = "rema",
-        algorithm: str = "reinforce++",
-        shared_weights: bool | None = None,
-        schedule: str | None = None,
-        switch_every: int = 10,
-        start_role: str = "meta",
-        multi_turn: bool = False,
-        max_turns: int = 8,
-        batch_questions: int = 16,
-        n_plans: int = 2,
-        n_answers: int = 4,
-        max_new_tokens: int = 72,
-        max_prompt_length: int | None = None,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        clip_eps: float = 0.2,
-        kl_coef: float | None = None,
-        ratio: str | None = None,
-        aggregate: str | None = None,
-        n_epochs: int = 1,
         optimizer: Any = "adam",
         optimizer_kwargs: Mapping[str, Any] | None = None,
-        max_grad_norm: float | None = 1.0,
-        rewards: RewardConfig | None = None,
         prompts: Prompts | None = None,
-        prompt_filter: tuple[float, float] | bool | str | None = None,
-        filter_k: int = 4,
-        filter_pool: int | None = None,
         tiny_config: TinyConfig | None = None,
         eval_tasks: Sequence[ReasoningTask] | None = None,
         ood_tasks: Sequence[ReasoningTask] | None = None,
-        modulus: int | None = 10,
         device: str | torch.device = "cpu",
-        seed: int = 0,
         tensorboard_log: str | None = None,
         verbose: int = 0,
+        **overrides: Any,
     ) -> None:
-        _validate(mode=mode, algorithm=algorithm, start_role=start_role, schedule=schedule, ratio=ratio,
-                  aggregate=aggregate, switch_every=switch_every, max_turns=max_turns,
-                  batch_questions=batch_questions, n_plans=n_plans, n_answers=n_answers,
-                  max_new_tokens=max_new_tokens, n_epochs=n_epochs, multi_turn=multi_turn, clip_eps=clip_eps)
+        c = self.config = ReMAConfig.of(config, overrides)
         self.device = torch.device(device)
-        self.seed = int(seed)
-        self.mode = mode
-        self.algorithm = algorithm
-        self.roles: tuple[str, ...] = ROLES if mode == "rema" else ("reasoner",)
-        self.shared_weights = (algorithm == "grpo") if shared_weights is None else bool(shared_weights)
-        if mode != "rema":
-            self.shared_weights = True
-        self.schedule = schedule or ("simultaneous" if self.shared_weights else "alternate")
-        self.prompt_filter = _check_filter(prompt_filter, filter_k, filter_pool, mode=mode, schedule=self.schedule,
-                                           multi_turn=multi_turn)
-        self.filter_k = filter_k
-        self.filter_pool = filter_pool or batch_questions * switch_every
-        if not isinstance(rewards, (RewardConfig, type(None))):
-            raise TypeError(f"Invalid rewards: expected a RewardConfig, got {type(rewards).__name__}")
-        if multi_turn and rewards is not None and rewards.meta_reward != "correctness":
-            raise ValueError(f"Invalid rewards: meta_reward={rewards.meta_reward!r} needs several reasoner answers "
-                             "per plan; multi-turn episodes use the outcome reward (meta_reward='correctness')")
-        self.switch_every = switch_every
-        self.start_role = start_role
-        self.multi_turn = multi_turn
-        self.max_turns = max_turns
-        self.batch_questions = batch_questions
-        self.n_plans = n_plans
-        self.n_answers = n_answers
-        self.temperature = float(temperature)
-        self.sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-        self.clip_eps = clip_eps
-        self.kl_coef = float(kl_coef if kl_coef is not None else (0.01 if algorithm == "reinforce++" else 0.0))
-        self.ratio = ratio or ("turn" if algorithm == "grpo" else "token")
-        self.aggregate = aggregate or ("trajectory" if algorithm == "grpo" else "token")
-        self.n_epochs = n_epochs
-        self.max_grad_norm = max_grad_norm
-        self.rewards = rewards or RewardConfig()
-        self.modulus = modulus
+        self.seed = c.seed
+        self.mode = c.mode
+        self.algorithm = c.algorithm
+        self.roles: tuple[str, ...] = ROLES if c.mode == "rema" else ("reasoner",)
+        self.shared_weights = bool(c.shared_weights)
+        self.schedule = str(c.schedule)
+        self.prompt_filter = c.filter_range
+        self.filter_k = c.filter_k
+        self.filter_pool = int(c.filter_pool or 0)
+        self.switch_every = c.switch_every
+        self.start_role = c.start_role
+        self.multi_turn = c.multi_turn
+        self.max_turns = c.max_turns
+        self.batch_questions = c.batch_questions
+        self.n_plans = c.n_plans
+        self.n_answers = c.n_answers
+        self.temperature = c.temperature
+        self.sampling = Sampling(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p)
+        self.clip_eps = c.clip_eps
+        self.kl_coef = float(c.kl_coef or 0.0)
+        self.ratio = str(c.ratio)
+        self.aggregate = str(c.aggregate)
+        self.n_epochs = c.n_epochs
+        self.max_grad_norm = c.max_grad_norm
+        self.rewards = c.rewards
+        self.modulus = modulus = c.modulus
         self.verbose = verbose
         self.tensorboard_log = tensorboard_log
+        max_new_tokens = c.max_new_tokens
 
         # tasks
         if isinstance(tasks, (str, ArithmeticTasks)):
@@ -325,7 +193,7 @@ class ReMA:
             if max_new_tokens >= p.max_length:
                 raise ValueError(f"Invalid max_new_tokens: {max_new_tokens}, expected < the context length "
                                  f"{p.max_length}")
-        self.max_prompt_length = (max_prompt_length if max_prompt_length is not None
+        self.max_prompt_length = (c.max_prompt_length if c.max_prompt_length is not None
                                   else min(p.max_length for p in self.policies.values()) - max_new_tokens)
 
         # optimizers, one per distinct model
@@ -357,16 +225,7 @@ class ReMA:
         self._phase_order: list[int] = []
         self.history: list[dict[str, float]] = []
         self._logger: Any = None
-        self._init_kwargs = {
-            "mode": mode, "algorithm": algorithm, "shared_weights": self.shared_weights, "schedule": self.schedule,
-            "switch_every": switch_every, "start_role": start_role, "multi_turn": multi_turn, "max_turns": max_turns,
-            "batch_questions": batch_questions, "n_plans": n_plans, "n_answers": n_answers,
-            "max_new_tokens": max_new_tokens, "max_prompt_length": max_prompt_length, "temperature": temperature,
-            "top_p": top_p, "clip_eps": clip_eps, "kl_coef": self.kl_coef, "ratio": self.ratio,
-            "aggregate": self.aggregate, "n_epochs": n_epochs, "max_grad_norm": max_grad_norm,
-            "prompt_filter": self.prompt_filter, "filter_k": filter_k, "filter_pool": filter_pool,
-            "modulus": modulus, "seed": seed, "verbose": verbose, "tensorboard_log": tensorboard_log,
-        }
+        self._init_kwargs = {**c.stored(), "verbose": verbose, "tensorboard_log": tensorboard_log}
 
     # ------------------------------------------------------------------ construction helpers
     def _build_policies(self, policy: str | Policy | Mapping[str, Policy]) -> dict[str, Policy]:
@@ -708,37 +567,10 @@ class ReMA:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write a checkpoint atomically (a temporary file in the same directory, then ``os.replace``)."""
-        state = {
-            "format": 1,
-            "kwargs": self._init_kwargs,
-            "policy": self._policy_spec,
-            "tiny_config": asdict(self.tiny_config),
-            "rewards": asdict(self.rewards),
-            "prompts": asdict(self.prompts),
-            "optimizer": self._optimizer_spec,
-            "optimizer_kwargs": self._optimizer_kwargs,
-            "tasks": [asdict(t) for t in self.tasks],
-            "eval_tasks": [asdict(t) for t in self.eval_tasks],
-            "ood_tasks": [asdict(t) for t in self.ood_tasks],
-            "models": {n: self.policies[r[0]].state_dict() for n, r in self._model_roles().items()},
-            "references": {n: p.state_dict() for n, p in self.references.items()},
-            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-            "counters": [self.num_updates, self.num_samples, self.num_generated_tokens],
-            "filter_state": {"tokens": self.num_filter_tokens, "fallbacks": self.filter_fallbacks,
-                             "phase_tasks": None if self._phase_tasks is None else [asdict(t) for t in
-                                                                                    self._phase_tasks],
-                             "phase_order": list(self._phase_order), "task_order": list(self._task_order),
-                             "task_generator": self._task_generator.get_state()},
-            "history": self.history,
-            "task_stream": None if self._task_stream is None else self._task_stream.generator.get_state(),
-            "stream_config": None if self._task_stream is None else [
-                self._task_stream.min_operands, self._task_stream.max_operands, self._task_stream.modulus,
-                self._task_stream.max_operand, self._task_stream.operators],
-            "sampler": self.sampler.get_state(),
-        }
-        with atomic_write(path) as f:
-            torch.save(state, f)
+        """Write a checkpoint atomically (:func:`rlopt.agents.rema.checkpoint.save`)."""
+        from rlopt.agents.rema import checkpoint
+
+        checkpoint.save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
@@ -746,56 +578,12 @@ class ReMA:
         """A trainer restored from :meth:`save` (pass ``policy`` for checkpoints of custom policies).
 
         ``overrides`` replace constructor arguments, e.g. ``rewards=`` for a :class:`RewardConfig` subclass
-        (only the fields of the reward settings are stored) or ``tensorboard_log=``.
+        (only the fields of the reward settings are stored) or ``tensorboard_log=``. See
+        :func:`rlopt.agents.rema.checkpoint.load`.
         """
-        try:
-            # weights only: tensors and plain containers, never an object whose unpickling runs code
-            state = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise ValueError(f"Invalid checkpoint: {path} holds objects other than tensors and plain data "
-                             f"(a ReMA checkpoint never does), so it is refused: {error}") from None
-        if not isinstance(state, dict) or state.get("format") != 1:
-            raise ValueError(f"Invalid checkpoint: {path} is not a ReMA checkpoint")
-        if state["policy"] != "tiny" and policy is None:
-            raise ValueError("Invalid policy: this checkpoint holds custom policies, pass policy= to load")
-        kwargs = dict(state["kwargs"])
-        tasks: Any = [ReasoningTask(**t) for t in state["tasks"]]
-        if state["stream_config"] is not None:
-            low, high, modulus, max_operand, operators = state["stream_config"]
-            tasks = ArithmeticTasks(low, high, modulus, max_operand, operators, seed=int(kwargs["seed"]))
-        optimizer = state["optimizer"]
-        if "custom" in optimizer.values():
-            raise ValueError("Invalid checkpoint: optimizer classes are not stored; rebuild the trainer and load "
-                             "its state instead")
-        kwargs.update(tiny_config=TinyConfig(**state["tiny_config"]), optimizer=optimizer,
-                      optimizer_kwargs=state["optimizer_kwargs"], rewards=RewardConfig(**state["rewards"]),
-                      prompts=Prompts(**state["prompts"]),
-                      eval_tasks=[ReasoningTask(**t) for t in state["eval_tasks"]],
-                      ood_tasks=[ReasoningTask(**t) for t in state["ood_tasks"]], device=device)
-        kwargs.update(overrides)
-        agent = cls(tasks, policy if policy is not None else "tiny", **kwargs)
-        for name, sd in state["models"].items():
-            agent.policies[agent._model_roles()[name][0]].load_state_dict(sd)
-        for name, sd in state["references"].items():
-            reference = agent.policies[agent._model_roles()[name][0]].frozen_copy()
-            reference.load_state_dict(sd)
-            agent.references[name] = reference
-        for name, sd in state["optimizers"].items():
-            agent.optimizers[name].load_state_dict(sd)
-        agent.num_updates, agent.num_samples, agent.num_generated_tokens = state["counters"]
-        filter_state = state.get("filter_state")
-        if filter_state is not None:
-            agent.num_filter_tokens, agent.filter_fallbacks = filter_state["tokens"], filter_state["fallbacks"]
-            phase = filter_state["phase_tasks"]
-            agent._phase_tasks = None if phase is None else [ReasoningTask(**t) for t in phase]
-            agent._phase_order = list(filter_state["phase_order"])
-            agent._task_order = list(filter_state["task_order"])
-            agent._task_generator.set_state(filter_state["task_generator"])
-        agent.history = list(state["history"])
-        if state["task_stream"] is not None and agent._task_stream is not None:
-            agent._task_stream.generator.set_state(state["task_stream"])
-        agent.sampler.set_state(state["sampler"].to("cpu") if agent.device.type == "cpu" else state["sampler"])
-        return agent
+        from rlopt.agents.rema import checkpoint
+
+        return checkpoint.load(cls, path, device=device, policy=policy, **overrides)
 
 
 def _pad_segments(prompts: Sequence[list[int]], responses: Sequence[list[int]], pad_id: int,

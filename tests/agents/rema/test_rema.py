@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlopt.agents import rema as rema_package
-from rlopt.agents.rema import ReMA, RewardConfig, TinyConfig
+from rlopt.agents.rema import PAPER_FILTER, ReMA, RewardConfig, TinyConfig
 from rlopt.agents.rema import rema as rema_module
 from rlopt.agents.rema.rema import _pad_segments
 from rlopt.envs.reasoning import ArithmeticTasks, ReasoningTask, make_split
@@ -261,3 +261,31 @@ def test_docstring_examples() -> None:
     assert result.attempted > 0 and result.failed == 0
     result = doctest.testmod(rema_package, raise_on_error=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_config_resolves_dependent_defaults_and_keywords_override_it() -> None:
+    from rlopt.agents.rema import ReMAConfig
+
+    base = ReMAConfig()
+    assert (base.shared_weights, base.schedule, base.kl_coef, base.ratio, base.aggregate, base.filter_pool) == (
+        False, "alternate", 0.01, "token", "token", 160)
+    grpo = ReMAConfig.of(base, {"algorithm": "grpo"})  # the defaults that depend on the algorithm move with it
+    assert (grpo.shared_weights, grpo.schedule, grpo.kl_coef, grpo.ratio) == (True, "simultaneous", 0.0, "turn")
+    assert ReMAConfig(prompt_filter="on").prompt_filter == PAPER_FILTER
+    agent = _agent(config=ReMAConfig(clip_eps=0.3, algorithm="grpo", n_plans=5), n_plans=3)  # keywords win
+    assert agent.config.clip_eps == 0.3 and agent.algorithm == "grpo" and agent.config.n_plans == 3
+    with pytest.raises(TypeError, match=r"Invalid argument\(s\) \['n_plan'\]"):
+        _agent(n_plan=3)
+    with pytest.raises(ValueError, match="Invalid top_p"):
+        ReMAConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="Invalid n_answers: 4, expected 1 with multi_turn=True"):
+        ReMAConfig(multi_turn=True)
+
+
+def test_a_checkpoint_keeps_the_config(tmp_path: Path) -> None:
+    agent = _agent(switch_every=3, kl_coef=0.05)
+    agent.save(tmp_path / "c.pt")
+    loaded = ReMA.load(tmp_path / "c.pt", rewards=ParityReward())
+    assert loaded.config.switch_every == 3 and loaded.config.kl_coef == 0.05
+    assert {k: v for k, v in loaded.config.stored().items() if k != "rewards"} == {
+        k: v for k, v in agent.config.stored().items() if k != "rewards"}
