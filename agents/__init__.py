@@ -8,8 +8,9 @@
 
 from rlopt.agents.a2c import A2C
 from rlopt.agents.common.env_util import make_eval_env
+from rlopt.agents.common.serialization import load_vec_normalize, save_vec_normalize
 from rlopt.agents.ppo import PPO
 from rlopt.agents.reinforce import REINFORCE
 from rlopt.agents.rema import ReMA
 
-__all__ = ["A2C", "PPO", "REINFORCE", "ReMA", "make_eval_env"]
+__all__ = ["A2C", "PPO", "REINFORCE", "ReMA", "load_vec_normalize", "make_eval_env", "save_vec_normalize"]

@@ -20,13 +20,36 @@ def _table() -> dict[str, dict[str, dict[str, Any]]]:
     return data
 
 
+class LinearDecay:
+    """``progress_remaining -> start * progress_remaining``: linear decay to 0 over the training budget.
+
+    A class rather than a closure, so that a saved model stores it as plain data that loads without running
+    code (see :mod:`rlopt.agents.common.serialization`).
+
+    Example:
+        >>> LinearDecay(2.5e-3)(0.5)
+        0.00125
+    """
+
+    def __init__(self, start: float) -> None:
+        self.start = float(start)
+
+    def __call__(self, progress_remaining: float) -> float:
+        return self.start * progress_remaining
+
+    def __repr__(self) -> str:
+        return f"LinearDecay({self.start!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LinearDecay) and other.start == self.start
+
+    def __hash__(self) -> int:
+        return hash(("LinearDecay", self.start))
+
+
 def linear_schedule(start: float) -> Callable[[float], float]:
-    """``progress_remaining -> start * progress_remaining``: linear decay to 0 over the training budget."""
-
-    def schedule(progress_remaining: float) -> float:
-        return start * progress_remaining
-
-    return schedule
+    """The RL Zoo's ``lin_<start>``: :class:`LinearDecay` of ``start``."""
+    return LinearDecay(start)
 
 
 def hyperparams(algorithm: str, env_id: str, optimizer: Any = "adam") -> dict[str, Any]:

@@ -30,6 +30,7 @@ from stable_baselines3.common.utils import explained_variance
 
 import rlopt
 from rlopt.agents.common.optim import build_optimizer, check_optimizer
+from rlopt.agents.common.serialization import safe_custom_objects
 from rlopt.agents.ppo import loss as loss_terms
 
 __all__ = ["PPO"]
@@ -64,12 +65,33 @@ class PPO(stable_baselines3.PPO):
         super().__init__(policy, env, **kwargs)
 
     def _setup_model(self) -> None:
+        self._saved_by = "rlopt.agents.sb3.PPO"  # saved with the model: load() refuses other algorithms' files
         super()._setup_model()
         # replace the optimizer SB3's policy built (same parameters, same Adam settings by default, down
         # to SB3's unfused Adam kernel, so that "adam" is SB3's PPO step for step)
         self.policy.optimizer = build_optimizer(
             self.optimizer_name, self.policy.parameters(), self.optimizer_kwargs, self.lr_schedule(1), fused=False
         )
+
+    @classmethod
+    def load(
+        cls,
+        path: Any,
+        env: Any = None,
+        device: torch.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        trusted: bool = False,
+        **kwargs: Any,
+    ) -> PPO:
+        """SB3's ``load`` without running code from the file (see :meth:`rlopt.agents.PPO.load`); checkpoints
+        written by ``stable_baselines3.PPO`` load too when they hold only the types SB3 saves by default."""
+        custom_objects = safe_custom_objects(path, "rlopt.agents.sb3.PPO.load", custom_objects, trusted,
+                                             expected="rlopt.agents.sb3.PPO")
+        model = super().load(path, env=env, device=device, custom_objects=custom_objects,
+                             print_system_info=print_system_info, force_reset=force_reset, **kwargs)
+        return model
 
     def _is_torch_optimizer(self) -> bool:
         return not hasattr(self.policy.optimizer, "requires_closure")

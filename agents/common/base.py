@@ -38,6 +38,7 @@ from rlopt.agents.common.optim import (
     check_optimizer,
 )
 from rlopt.agents.common.policies import ActorCriticPolicy, check_spaces
+from rlopt.agents.common.serialization import safe_custom_objects
 from rlopt.validation import check_at_least, check_closed, check_int
 
 SelfOnPolicyAgent = TypeVar("SelfOnPolicyAgent", bound="OnPolicyAgent")
@@ -171,6 +172,8 @@ class OnPolicyAgent(BaseAlgorithm):
 
     # ----------------------------------------------------------------------------------------------- setup
     def _setup_model(self) -> None:
+        # saved with the model (plain JSON), so that load() refuses a checkpoint of another algorithm
+        self._saved_by = f"rlopt.agents.{self.algorithm_name}"
         self._polyak = rlopt.optimizer_spec(self.optimizer_name).needs_value
         self._setup_lr_schedule()
         if self.seed is not None:
@@ -278,13 +281,23 @@ class OnPolicyAgent(BaseAlgorithm):
         custom_objects: dict[str, Any] | None = None,
         print_system_info: bool = False,
         force_reset: bool = True,
+        trusted: bool = False,
         **kwargs: Any,
     ) -> SelfOnPolicyAgent:
-        """SB3's ``load``; also restores the sampling RNG, so ``learn`` continues a run exactly.
+        """SB3's ``load``, without running code from the file; also restores the sampling RNG, so ``learn``
+        continues a run exactly.
+
+        The zip's pickled entries are read by an allow-list unpickler
+        (:mod:`rlopt.agents.common.serialization`): this project's models load as they are, and an entry that
+        would need anything else is refused with a ``ValueError`` naming it; ``trusted=True`` lets SB3 unpickle
+        such entries (its own behaviour, for files you trust). A file that is not a model zip, or a model of
+        another algorithm, is a ``ValueError`` naming the file.
 
         Pass ``force_reset=False`` (and ``reset_num_timesteps=False`` to ``learn``) with the env the run was
         using to continue it; a env whose spaces differ from the saved ones raises ``ValueError``.
         """
+        custom_objects = safe_custom_objects(path, f"rlopt.agents.{cls.algorithm_name}.load", custom_objects,
+                                             trusted, expected=f"rlopt.agents.{cls.algorithm_name}")
         model = super().load(path, env=env, device=device, custom_objects=custom_objects,
                              print_system_info=print_system_info, force_reset=force_reset, **kwargs)
         if model._generator_state is not None:
