@@ -111,7 +111,13 @@ class SB3VecEnv(VecEnv):
         if not (self._torch or isinstance(self._device, torch.device)):
             self._actions = actions
             return
-        tensor = torch.as_tensor(np.asarray(actions))
+        array = np.asarray(actions)
+        if self._discrete and array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+            # a cast would silently turn 0.7 into 0 (SB3's DummyVecEnv rejects such an action too)
+            bad = array[array != np.round(array)].ravel()[:4].tolist()
+            raise ValueError(f"Invalid actions: {bad} are not integers, expected actions of the "
+                             f"{self.env.single_action_space} action space")
+        tensor = torch.as_tensor(array)
         tensor = tensor.to(torch.int64) if self._discrete else tensor.to(torch.float32)
         if self._discrete and tensor.dim() == 2 and tensor.shape[1] == 1:
             tensor = tensor[:, 0]  # some SB3 policies emit discrete actions as (n, 1)

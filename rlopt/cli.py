@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
-__all__ = ["ENTRY_POINT_GROUP", "commands", "main", "missing_requirements"]
+__all__ = ["ENTRY_POINT_GROUP", "USER_ERRORS", "commands", "main", "missing_requirements"]
 
 ENTRY_POINT_GROUP = "rlopt.commands"
 
@@ -101,7 +101,7 @@ def _summary(ep: metadata.EntryPoint) -> str:
 def _parser(found: dict[str, metadata.EntryPoint], describe: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlopt", description="Tuning-free step sizes for PyTorch: training, bilevel solvers, benchmarks, plots.",
-        epilog="rlopt COMMAND --help explains every option of COMMAND.",
+        epilog="rlopt COMMAND --help explains every option of COMMAND; --debug shows the traceback of an error.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, ep in found.items():
@@ -109,12 +109,29 @@ def _parser(found: dict[str, metadata.EntryPoint], describe: bool) -> argparse.A
     return parser
 
 
+#: errors a command raises for bad input (a wrong argument, an unknown id, a missing file): one line, no traceback
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rlopt`` command; returns the exit status."""
+    """Entry point of the ``rlopt`` command; returns the exit status.
+
+    A user error raised by a command (:data:`USER_ERRORS`) is printed as one line, ``rlopt COMMAND: message``,
+    with exit status 2; ``--debug`` anywhere on the command line shows the traceback instead.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
     found = commands()
     if args and args[0] in found:
-        return _load(found[args[0]])(args[1:])
+        command = _load(found[args[0]])
+        if debug:
+            return command(args[1:])
+        try:
+            return command(args[1:])
+        except USER_ERRORS as error:
+            print(f"rlopt {args[0]}: {error} (--debug shows the traceback)", file=sys.stderr)
+            return 2
     if not found:
         raise SystemExit("rlopt: no subcommands are installed (pip install 'torch-rlopt[rl]' gives train and plot)")
     # no command, an unknown one, or --help: argparse exits with the usage (commands described only for --help)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -49,7 +50,7 @@ class PPO(OnPolicyAgent):
 
     Example:
         >>> from rlopt import agents
-        >>> model = agents.PPO("MlpPolicy", "CartPole-v1", n_envs=4, n_steps=32, seed=0)
+        >>> model = agents.PPO("MlpPolicy", "CartPole-v1", n_envs=4, n_steps=32, batch_size=64, seed=0)
         >>> model = model.learn(256)
         >>> action, _ = model.predict(model.get_env().reset(), deterministic=True)
         >>> action.shape
@@ -90,6 +91,10 @@ class PPO(OnPolicyAgent):
             n_envs=n_envs, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda, ent_coef=ent_coef,
             vf_coef=vf_coef, max_grad_norm=max_grad_norm, normalize_advantage=normalize_advantage, **kwargs,
         )
+        rollout = self.n_steps * self.n_envs if self.env is not None else None
+        if rollout is not None and self.batch_size > rollout:  # SB3 warns about its minibatch sizes too
+            warnings.warn(f"batch_size={self.batch_size} is larger than the rollout (n_steps * n_envs = {rollout}): "
+                          "every minibatch is the whole rollout", UserWarning, stacklevel=2)
 
     @staticmethod
     def surrogate_infimum(advantages: torch.Tensor, clip_range: float) -> torch.Tensor:

@@ -486,3 +486,8 @@ def test_target_kl_stops_an_update_before_the_step_on_the_first_minibatch_over_i
     model._step_losses = lambda *a, **k: calls.append(1) or step_losses(*a, **k)  # type: ignore[method-assign]
     model.learn(64)
     assert len(calls) == steps  # 64 samples in minibatches of 16, 3 epochs: 12 minibatch steps in full
+
+
+def test_a_minibatch_larger_than_the_rollout_is_warned_about() -> None:
+    with pytest.warns(UserWarning, match=r"batch_size=64 is larger than the rollout \(n_steps \* n_envs = 32\)"):
+        agents.PPO("MlpPolicy", "CartPole-v1", n_envs=2, n_steps=16, batch_size=64, seed=0)

@@ -51,3 +51,11 @@ def test_train_main_env_kwargs(tmp_path: Path) -> None:
     assert model.env_kwargs == {"max_episode_steps": 12, "dtype": "float32"}
     with pytest.raises(SystemExit, match="JSON object"):
         train_main(["ppo", "CartPole-v1", "--env-kwargs", "[12]", "--log-dir", str(tmp_path)])
+
+
+def test_an_unknown_env_id_is_one_line_from_the_rlopt_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from rlopt.cli import main
+
+    assert main(["train", "PPO", "NoSuchEnv-v0", "--total-timesteps", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlopt train: Unknown env id: 'NoSuchEnv-v0'") and err.count("\n") == 1

@@ -127,3 +127,12 @@ def test_a_gymnasium_vector_env_through_the_same_adapter_matches_dummy_vec_env(m
             _, _, _, g_infos = ref.step(actions)
             theirs += [(i["episode"]["r"], i["episode"]["l"]) for i in g_infos if "episode" in i]
     assert ours and ours[: len(theirs)] == theirs[: len(ours)]
+
+
+def test_a_fractional_discrete_action_is_refused_not_truncated() -> None:
+    venv = envs.SB3VecEnv(envs.make("CartPole-v1", num_envs=2, seed=0, autoreset_mode="same_step"))
+    venv.reset()
+    with pytest.raises(ValueError, match=r"Invalid actions: \[0\.7\] are not integers.*Discrete\(2\)"):
+        venv.step(np.array([0.7, 1.0]))
+    obs, _, _, _ = venv.step(np.array([0.0, 1.0]))  # whole-valued floats are actions
+    assert obs.shape == (2, 4)

@@ -54,12 +54,17 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         [rlopt.commands]
         hello = rlopt_plugin_mod:hello
         heavy = rlopt_plugin_mod:hello [heavy]
+        fail = rlopt_plugin_mod:fail
         """))
     (tmp_path / "rlopt_plugin_mod.py").write_text(textwrap.dedent('''\
         def hello(argv):
             """Say hello."""
             print("hello", *argv)
             return 7
+
+        def fail(argv):
+            """Fail."""
+            raise ValueError("Invalid x: 3, expected 1 or 2")
         '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
@@ -87,3 +92,12 @@ def test_help_says_which_extra_a_command_needs(third_party: Path, capsys: pytest
         cli.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "heavy (needs the extra 'heavy')" in out and "hello Say hello" in out
+
+
+def test_a_user_error_is_one_line_and_debug_shows_the_traceback(third_party: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["fail"]) == 2
+    err = capsys.readouterr().err
+    assert err == "rlopt fail: Invalid x: 3, expected 1 or 2 (--debug shows the traceback)\n"
+    with pytest.raises(ValueError, match="Invalid x: 3"):
+        cli.main(["fail", "--debug"])
