@@ -79,6 +79,11 @@ def load(cls: type[ReMA], path: str | os.PathLike[str], device: str | torch.devi
     except pickle.UnpicklingError as error:
         raise ValueError(f"Invalid checkpoint: {path} holds objects other than tensors and plain data "
                          f"(a ReMA checkpoint never does), so it is refused: {error}") from None
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, OSError) as error:  # torch's reader on a truncated or foreign file
+        raise ValueError(f"Invalid checkpoint: {path} is not a complete ReMA checkpoint (a file written by "
+                         f"ReMA.save); reading it failed: {str(error).splitlines()[0]}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"Invalid checkpoint: {path} is not a ReMA checkpoint")
     if state["policy"] != "tiny" and policy is None:

@@ -70,7 +70,7 @@ def load_mnist_format(path: str | Path) -> ClassificationData:
         x_train, y_train = arrays["train_images"], arrays["train_labels"]
         x_test, y_test = arrays["test_images"], arrays["test_labels"]
     elif source.suffix == ".npz":
-        with np.load(source) as archive:
+        with np.load(source, allow_pickle=False) as archive:  # arrays only: an object array would unpickle
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
             if missing:
                 raise ValueError(f"{source} lacks arrays {sorted(missing)}; has {sorted(archive.files)}")

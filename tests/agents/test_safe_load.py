@@ -56,6 +56,9 @@ def _pickled(obj: object) -> dict[str, str]:
     return {":type:": "<class 'object'>", ":serialized:": base64.b64encode(pickle.dumps(obj)).decode()}
 
 
+MODELS: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
@@ -64,6 +67,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         model.learn(128)
         out[name] = tmp_path_factory.mktemp(name.replace(".", "_")) / "model.zip"
         model.save(out[name])
+        MODELS[name] = model
     return out
 
 
@@ -84,14 +88,14 @@ def test_a_payload_in_any_entry_is_refused_and_never_runs(name: str, key: str, s
 def test_the_projects_own_checkpoints_load_without_the_opt_in_and_predict_the_same(
     name: str, saved: dict[str, Path]
 ) -> None:
+    original = MODELS[name]
     model = LOADERS[name].load(saved[name])
-    again = LOADERS[name].load(saved[name])
     obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
-    a, _ = model.predict(obs, deterministic=True)
-    b, _ = again.predict(obs, deterministic=True)
+    a, _ = original.predict(obs, deterministic=True)
+    b, _ = model.predict(obs, deterministic=True)
     np.testing.assert_array_equal(a, b)
     assert model.lr_schedule(0.5) == pytest.approx(5e-4)  # the linear schedule came back as data
-    for p, q in zip(model.policy.parameters(), again.policy.parameters(), strict=True):
+    for p, q in zip(original.policy.parameters(), model.policy.parameters(), strict=True):
         assert torch.equal(p, q)
 
 

@@ -289,3 +289,15 @@ def test_a_checkpoint_keeps_the_config(tmp_path: Path) -> None:
     assert loaded.config.switch_every == 3 and loaded.config.kl_coef == 0.05
     assert {k: v for k, v in loaded.config.stored().items() if k != "rewards"} == {
         k: v for k, v in agent.config.stored().items() if k != "rewards"}
+
+
+def test_a_truncated_or_foreign_file_names_itself(tmp_path: Path) -> None:
+    agent = _agent()
+    agent.save(tmp_path / "full.pt")
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "half.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"half\.pt is not a complete ReMA checkpoint"):
+        ReMA.load(tmp_path / "half.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other\.pt is not a ReMA checkpoint"):
+        ReMA.load(tmp_path / "other.pt")
