@@ -18,6 +18,7 @@ reset count, not on what the other copies do.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -188,6 +189,10 @@ class TorchVecEnv(VectorEnv):
         self.autoreset_mode = parse_autoreset_mode(autoreset_mode)
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
         self.validate_actions = self.device.type == "cpu" if validate_actions is None else validate_actions
+        # each env its own spaces: the class-level ones are shared, and a caller writing into one env's bounds
+        # (a policy's buffers loaded in place, say) must not change every later env of the class
+        self.single_observation_space = copy.deepcopy(type(self).single_observation_space)
+        self.single_action_space = copy.deepcopy(type(self).single_action_space)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.render_mode = None

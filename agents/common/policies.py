@@ -121,8 +121,9 @@ class ActorCriticPolicy(BasePolicy):
         self.critic = _mlp([obs_dim, *self.net_arch, 1], activation_fn, 1.0, ortho_init)
         self.log_std = nn.Parameter(torch.full((out_dim,), float(log_std_init)), requires_grad=not self.discrete)
         if isinstance(action_space, spaces.Box):
-            self.register_buffer("action_low", torch.as_tensor(action_space.low, dtype=torch.float32))
-            self.register_buffer("action_high", torch.as_tensor(action_space.high, dtype=torch.float32))
+            # copies: as_tensor would share memory with the space, so loading weights would rewrite its bounds
+            self.register_buffer("action_low", torch.tensor(action_space.low, dtype=torch.float32))
+            self.register_buffer("action_high", torch.tensor(action_space.high, dtype=torch.float32))
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {

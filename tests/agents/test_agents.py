@@ -491,3 +491,18 @@ def test_target_kl_stops_an_update_before_the_step_on_the_first_minibatch_over_i
 def test_a_minibatch_larger_than_the_rollout_is_warned_about() -> None:
     with pytest.warns(UserWarning, match=r"batch_size=64 is larger than the rollout \(n_steps \* n_envs = 32\)"):
         agents.PPO("MlpPolicy", "CartPole-v1", n_envs=2, n_steps=16, batch_size=64, seed=0)
+
+
+def test_loading_weights_never_rewrites_an_envs_action_bounds(tmp_path: Path) -> None:
+    """The policy's action-bound buffers are copies: SB3's set_parameters copies into them in place."""
+    from rlopt import envs
+
+    model = agents.PPO("MlpPolicy", "Pendulum-v1", n_envs=2, n_steps=16, batch_size=32, seed=0)
+    params = model.get_parameters()
+    params["policy"]["action_low"] = torch.full((1,), 7.0)
+    params["policy"]["action_high"] = torch.full((1,), 9.0)
+    model.set_parameters(params)
+    assert float(model.policy.action_low) == 7.0
+    fresh = envs.make("Pendulum-v1", num_envs=1)  # raised "Box all low values must be <= high" before
+    assert fresh.single_action_space.low.tolist() == [-2.0] and fresh.single_action_space.high.tolist() == [2.0]
+    assert model.action_space.low.tolist() == [-2.0]
