@@ -170,10 +170,39 @@ class OnPolicyAgent(BaseAlgorithm):
         if _init_setup_model:
             self._setup_model()
 
+    @classmethod
+    def tuned(
+        cls: type[SelfOnPolicyAgent],
+        env: str,
+        optimizer: str | type[torch.optim.Optimizer] = "adam",
+        policy: str | type[ActorCriticPolicy] = "MlpPolicy",
+        **overrides: Any,
+    ) -> SelfOnPolicyAgent:
+        """The agent with the tuned settings of ``agents/hyperparams.yaml`` for ``env`` and ``optimizer`` (what
+        ``rlopt train`` uses), ``overrides`` on top; ``model.tuned_timesteps`` is the recorded training budget.
+
+        With no entry for the pair the constructor's defaults apply and ``tuned_timesteps`` is None.
+
+        Example:
+            >>> from rlopt import agents
+            >>> model = agents.PPO.tuned("CartPole-v1", optimizer="sls", seed=0)
+            >>> model.n_envs, model.tuned_timesteps
+            (128, 150000)
+        """
+        from rlopt.agents.hyperparams import hyperparams
+
+        params = hyperparams(cls.algorithm_name, env, optimizer)
+        total = params.pop("total_timesteps", None)
+        params.update(overrides)
+        model = cls(policy, env, optimizer=optimizer, **params)
+        model.tuned_timesteps = None if total is None else int(total)
+        return model
+
     # ----------------------------------------------------------------------------------------------- setup
     def _setup_model(self) -> None:
         # saved with the model (plain JSON), so that load() refuses a checkpoint of another algorithm
         self._saved_by = f"rlopt.agents.{self.algorithm_name}"
+        self.tuned_timesteps: int | None = getattr(self, "tuned_timesteps", None)
         self._polyak = rlopt.optimizer_spec(self.optimizer_name).needs_value
         self._setup_lr_schedule()
         if self.seed is not None:

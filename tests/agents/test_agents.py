@@ -506,3 +506,19 @@ def test_loading_weights_never_rewrites_an_envs_action_bounds(tmp_path: Path) ->
     fresh = envs.make("Pendulum-v1", num_envs=1)  # raised "Box all low values must be <= high" before
     assert fresh.single_action_space.low.tolist() == [-2.0] and fresh.single_action_space.high.tolist() == [2.0]
     assert model.action_space.low.tolist() == [-2.0]
+
+
+def test_tuned_builds_the_agent_with_the_yaml_settings_for_the_env_and_optimizer() -> None:
+    from rlopt.agents.hyperparams import hyperparams
+
+    model = agents.PPO.tuned("CartPole-v1", optimizer="sls", seed=0, n_envs=64)
+    expected = hyperparams("PPO", "CartPole-v1", "sls")
+    assert model.tuned_timesteps == expected["total_timesteps"]
+    assert (model.n_steps, model.batch_size, model.n_epochs) == (expected["n_steps"], expected["batch_size"],
+                                                                 expected["n_epochs"])
+    assert model.n_envs == 64 and isinstance(model.optimizer, rlopt.SLS)  # overrides on top
+    env_id = "RloptTest/UntunedPendulum-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point="gymnasium.envs.classic_control.pendulum:PendulumEnv", max_episode_steps=20)
+    untuned = agents.PPO.tuned(env_id, n_envs=2, n_steps=16, batch_size=32)  # no entry: the constructor's defaults
+    assert untuned.tuned_timesteps is None and untuned.n_epochs == 4
