@@ -180,21 +180,25 @@ def closure_step(
     *,
     max_grad_norm: float | None = None,
     value: float | None = None,
+    kl: Callable[[], Tensor] | None = None,
 ) -> Tensor:
     """One step of any optimizer from an rlopt closure (returns the loss without calling backward).
 
-    rlopt optimizers get ``optimizer.step(closure)`` (``value`` is passed to rules that need it).
+    rlopt optimizers get ``optimizer.step(closure)`` (``value`` is passed to rules that need it, ``kl`` to line
+    searches built with ``max_kl``; other optimizers ignore ``kl``).
     Plain torch optimizers get ``zero_grad``, ``backward``, optional ``clip_grad_norm_`` and ``step``.
     Gradient clipping is not applied to rlopt's rules: clipping would change the direction their
     sufficient-decrease test and Polyak step are computed for; their step size already adapts to the norm.
     """
     if isinstance(optimizer, StepSizeOptimizer):
+        if kl is not None and optimizer.param_groups[0].get("max_kl") is None:
+            kl = None  # no trust region asked for: the KL function is not needed
         if optimizer_spec(optimizer).needs_value:
             if value is None:
                 raise ValueError("closure_step with PolyakPG needs value=J_hat, the current return estimate")
             loss = optimizer.step(closure, value=value)
         else:
-            loss = optimizer.step(closure)
+            loss = optimizer.step(closure, kl=kl)
         assert loss is not None
         return loss
     optimizer.zero_grad(set_to_none=True)

@@ -77,12 +77,14 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             "forward_calls": 0,
             "accepted_loss": math.nan,
             "slope": math.nan,
+            "kl": math.nan,
             "skipped": 0,
             "failures": 0,
             "steps": 0,
         }
         self._warned: set[str] = set()
         self._running_stats = RunningStatsGuard()
+        self._kl: Callable[[], Tensor] | None = None  # the step's KL function (step(kl=...)), never saved
 
     # ------------------------------------------------------------------ validation and groups
     @classmethod
@@ -221,6 +223,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         *,
         loss: Tensor | float | None = None,
         value: float | None = None,
+        kl: Callable[[], Tensor] | None = None,
     ) -> Tensor | None:
         """Take one step; see :mod:`rlopt.closure` for the protocol.
 
@@ -228,6 +231,10 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             closure: returns the minibatch loss without calling ``backward()``.
             loss: the minibatch loss whose gradient the caller already computed (rules without a search).
             value: an objective estimate for rules that need one (the return estimate of PolyakPG).
+            kl: for a line search built with ``max_kl``: returns, at the current parameters, the divergence of
+                the policy from the one that collected the batch (e.g. PPO's approximate KL); a trial is accepted
+                only if it passes the decrease test and ``kl() <= max_kl`` (TRPO's backtracking). Evaluated
+                like the closure, without gradients and with the same random numbers.
 
         Returns:
             The loss at the current iterate (the first evaluation of ``closure``, or ``loss``).
@@ -241,6 +248,14 @@ class StepSizeOptimizer(torch.optim.Optimizer):
                 f"{name} evaluates the loss at trial points and needs a closure: call step(closure) with a "
                 "closure that returns the minibatch loss without calling backward()"
             )
+        max_kl = self.param_groups[0].get("max_kl")
+        if kl is not None and max_kl is None:
+            raise ValueError(f"{name}.step got kl=... but the optimizer has no max_kl: build it with max_kl=<bound> "
+                             "(SLS and PoNoS take one)")
+        if max_kl is not None and kl is None:
+            raise ValueError(f"{name} was built with max_kl={max_kl!r} and needs step(closure, kl=fn): fn returns the "
+                             "policy's divergence from the one that collected the batch")
+        self._kl = kl
         snapshot = RngSnapshot(self._cuda_devices()) if self.rule.needs_closure else None
         if closure is not None:
             loss_t = self._first_evaluation(closure)
@@ -251,7 +266,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         loss_v, grad_sq = self._loss_and_grad_sq(loss_t, grads)
         self.stats.update(loss=loss_v, grad_norm=math.sqrt(grad_sq) if grad_sq >= 0 else math.nan,
                           forward_calls=int(closure is not None), backtracks=0, accepted_loss=math.nan,
-                          slope=math.nan)
+                          slope=math.nan, kl=math.nan)
         if not (math.isfinite(loss_v) and math.isfinite(grad_sq) and math.isfinite(value or 0.0)):
             self.stats["skipped"] += 1
             self.stats["step_size"] = 0.0
@@ -330,20 +345,43 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             self.stats["forward_calls"] += 1
             return self._scalar(closure())
 
+        feasible = None
+        kl_rejected = [False]
+        kl, max_kl = self._kl, hp.get("max_kl")
+        if kl is not None and max_kl is not None:
+            bound = float(max_kl)
+
+            def feasible() -> bool:
+                snapshot.restore()
+                value = self._scalar(kl())
+                self.stats["kl"] = value
+                inside = math.isfinite(value) and value <= bound
+                kl_rejected[0] |= not inside
+                return inside
+
         # Same batch and same random numbers at every trial, or the test compares different functions.
         with snapshot.forked(), self._running_stats(), torch.no_grad():
             result, accepted_loss = armijo_backtracking(phi, eta0, proposal.reference, proposal.c * slope,
-                                                        proposal.shrink, max_backtracks)
+                                                        proposal.shrink, max_backtracks, feasible)
             if not result.accepted:
                 torch._foreach_add_(params, ds.direction, alpha=moved[0])
         if result.accepted:
             self.stats["accepted_loss"] = accepted_loss
         else:
             self.stats["failures"] += 1
-            self._warn_once(
-                "failure",
-                f"{type(self).__name__}: no trial satisfied the sufficient-decrease test after "
-                f"{max_backtracks} backtracks; no step was taken (counted in stats['failures']; warned once)",
-                stacklevel=5,
-            )
+            if kl_rejected[0]:
+                self._warn_once(
+                    "kl_failure",
+                    f"{type(self).__name__}: no trial satisfied both the sufficient-decrease test and max_kl="
+                    f"{max_kl} after {max_backtracks} backtracks (the policy is at the edge of its trust region); "
+                    "no step was taken (counted in stats['failures']; warned once)",
+                    stacklevel=5,
+                )
+            else:
+                self._warn_once(
+                    "failure",
+                    f"{type(self).__name__}: no trial satisfied the sufficient-decrease test after "
+                    f"{max_backtracks} backtracks; no step was taken (counted in stats['failures']; warned once)",
+                    stacklevel=5,
+                )
         return result

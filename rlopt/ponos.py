@@ -32,6 +32,9 @@ class PoNoS(StepSizeOptimizer):
         f_star: lower bound of the minibatch losses used in the Polyak numerator.
         envelope: optional non-increasing bound on every trial.
         max_backtracks: backtracks before the search gives up (then no step is taken).
+        max_kl: a trust region for policy losses: with ``step(closure, kl=fn)`` a trial is accepted only if it
+            also satisfies ``fn() <= max_kl`` (``fn``: the policy's divergence from the one that collected the
+            batch), as TRPO's backtracking does, so one step cannot move the policy arbitrarily far.
         precondition, momentum, beta2, eps: as in :class:`rlopt.SLS`.
 
     Example:
@@ -65,10 +68,11 @@ class PoNoS(StepSizeOptimizer):
         momentum: float = 0.0,
         beta2: float = 0.99,
         eps: float = 1e-8,
+        max_kl: float | None = None,
     ) -> None:
         defaults = dict(c=c, c_p=c_p, delta=delta, xi=xi, max_lr=max_lr, min_lr=min_lr, f_star=f_star,
                         envelope=envelope, max_backtracks=max_backtracks, precondition=precondition,
-                        momentum=momentum, beta2=beta2, eps=eps)
+                        momentum=momentum, beta2=beta2, eps=eps, max_kl=max_kl)
         self._validate_group(defaults)
         super().__init__(params, defaults, NonmonotoneRule(), make_direction(precondition))
 
@@ -85,4 +89,5 @@ class PoNoS(StepSizeOptimizer):
                              f"({group['max_lr']!r})")
         check_finite("f_star", group["f_star"])
         check_int("max_backtracks", group["max_backtracks"], 0)
+        check_positive("max_kl", group.get("max_kl"), allow_none=True)
         check_direction_options(group)

@@ -66,6 +66,9 @@ class SLS(StepSizeOptimizer):
         momentum: heavy-ball coefficient (``d = g``) or Adam ``beta1`` (preconditioned), ``0 <= . < 1``.
         envelope: optional non-increasing bound ``k -> u_k`` on the step (SLSB), e.g. ``InvSqrt(1.0)``.
         max_backtracks: backtracks before the search gives up (then no step is taken).
+        max_kl: a trust region for policy losses: with ``step(closure, kl=fn)`` a trial is accepted only if it
+            also satisfies ``fn() <= max_kl`` (``fn``: the policy's divergence from the one that collected the
+            batch), as TRPO's backtracking does, so one step cannot move the policy arbitrarily far.
         beta2: second-moment decay of the Adam/AMSGrad preconditioner (AdaSLS default 0.99).
         eps: added to the preconditioner's square root.
 
@@ -101,11 +104,12 @@ class SLS(StepSizeOptimizer):
         max_backtracks: int = 100,
         beta2: float = 0.99,
         eps: float = 1e-8,
+        max_kl: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr, c=c, beta=beta, reset=reset, gamma=gamma, n_batches_per_epoch=n_batches_per_epoch,
             max_lr=max_lr, precondition=precondition, momentum=momentum, envelope=envelope,
-            max_backtracks=max_backtracks, beta2=beta2, eps=eps,
+            max_backtracks=max_backtracks, beta2=beta2, eps=eps, max_kl=max_kl,
         )
         self._validate_group(defaults)
         super().__init__(params, defaults, ArmijoRule(), make_direction(precondition))
@@ -120,4 +124,5 @@ class SLS(StepSizeOptimizer):
         check_int("n_batches_per_epoch", group["n_batches_per_epoch"], 1)
         check_positive("max_lr", group["max_lr"], allow_none=True)
         check_int("max_backtracks", group["max_backtracks"], 0)
+        check_positive("max_kl", group.get("max_kl"), allow_none=True)
         check_direction_options(group)

@@ -228,7 +228,9 @@ class OnPolicyAgent(BaseAlgorithm):
             if critic_params:
                 # the Polyak policy-gradient step is a rule for the return, not for a regression loss
                 critic_rule = "adam" if self._polyak else self.optimizer_name
-                critic_kwargs = None if self._polyak else self.optimizer_kwargs
+                # max_kl bounds the policy's move; the critic's regression has no such region
+                critic_kwargs = None if self._polyak else {k: v for k, v in self.optimizer_kwargs.items()
+                                                           if k != "max_kl"}
                 self.critic_optimizer = build_optimizer(critic_rule, critic_params, critic_kwargs,
                                                         self.lr_schedule(1.0))
         else:
@@ -451,26 +453,28 @@ class OnPolicyAgent(BaseAlgorithm):
         self,
         policy_loss: Callable[[], torch.Tensor],
         value_loss: Callable[[], torch.Tensor] | None,
+        kl: Callable[[], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Take one optimizer step on the current minibatch and return the loss at the current iterate.
 
         ``policy_loss`` (entropy bonus included) and ``value_loss`` are closures over the minibatch: they
         may be evaluated again at trial points by a line search. Normally one optimizer minimizes
         ``policy_loss + vf_coef * value_loss``; under the Polyak policy-gradient step the policy takes the
-        Polyak step on ``policy_loss`` with ``value = J_hat`` and the critic takes an Adam step.
+        Polyak step on ``policy_loss`` with ``value = J_hat`` and the critic takes an Adam step. ``kl`` (the
+        policy's divergence from the rollout's on the minibatch) reaches a line search built with ``max_kl``.
         """
         if value_loss is None:
             return rlopt.closure_step(self.optimizer, policy_loss, max_grad_norm=self.max_grad_norm,
-                                      value=self._polyak_value())
+                                      value=self._polyak_value(), kl=kl)
         if self.critic_optimizer is None:
             vf_coef = self.vf_coef
 
             def closure() -> torch.Tensor:
                 return policy_loss() + vf_coef * value_loss()
 
-            return rlopt.closure_step(self.optimizer, closure, max_grad_norm=self.max_grad_norm)
+            return rlopt.closure_step(self.optimizer, closure, max_grad_norm=self.max_grad_norm, kl=kl)
         loss = rlopt.closure_step(self.optimizer, policy_loss, max_grad_norm=self.max_grad_norm,
-                                  value=self._polyak_value())
+                                  value=self._polyak_value(), kl=kl)
         vloss = rlopt.closure_step(self.critic_optimizer, value_loss, max_grad_norm=self.max_grad_norm)
         return loss.detach() + self.vf_coef * vloss.detach()
 

@@ -161,7 +161,11 @@ class PPO(OnPolicyAgent):
                 if f_star is not None:
                     for group in self.optimizer.param_groups:
                         group["f_star"] = f_star
-                loss = self._step_losses(policy_loss, value_loss)
+                def kl(mb: Any = mb) -> torch.Tensor:  # TRPO's constraint, for a line search with max_kl
+                    log_prob, _ = policy.log_prob_and_entropy(mb.observations, mb.actions)
+                    return loss_terms.approx_kl(log_prob - mb.log_probs)
+
+                loss = self._step_losses(policy_loss, value_loss, kl)
                 self._record_step_stats(stats)
                 tensors.setdefault("loss", []).append(loss.detach())
                 tensors.setdefault("policy_gradient_loss", []).append(first["pg"])

@@ -89,9 +89,12 @@ def armijo_backtracking(
     decrease: float,
     shrink: float,
     max_backtracks: int,
+    feasible: Callable[[], bool] | None = None,
 ) -> tuple[SearchResult, float]:
     """The one backtracking loop: the first ``eta = eta0 * shrink^j`` (``j <= max_backtracks``) with a finite
-    ``phi(eta) <= reference - eta * decrease``.
+    ``phi(eta) <= reference - eta * decrease`` and, when ``feasible`` is given, ``feasible()`` true at that trial
+    point (evaluated right after ``phi(eta)``, only when the decrease test passed: TRPO's backtracking on the
+    surrogate with its KL constraint).
 
     ``phi(eta)`` is the objective at the trial step ``eta`` (the optimizers move their parameters there and
     evaluate the closure; the bilevel upper rules evaluate a line model); ``decrease`` is ``c * g^T d``.
@@ -106,7 +109,7 @@ def armijo_backtracking(
     eta, j = eta0, 0
     for j in range(max_backtracks + 1):
         trial = phi(eta)
-        if math.isfinite(trial) and trial <= reference - eta * decrease:
+        if math.isfinite(trial) and trial <= reference - eta * decrease and (feasible is None or feasible()):
             return SearchResult(eta, j, accepted=True, searched=True), trial
         if j < max_backtracks:
             eta *= shrink

@@ -246,3 +246,43 @@ def test_separable_logistic_keeps_decreasing(name: str) -> None:
     else:  # nonmonotone by design: an epoch may go up, the trend goes down
         assert x_all[-1] == min(x_all), x_all
     assert x_all[-1] < 0.6 * x_all[0], x_all
+
+
+@pytest.mark.parametrize("name", ["sls", "ponos"])
+def test_an_accepted_step_satisfies_armijo_and_the_kl_bound(name: str) -> None:
+    """TRPO's backtracking: with max_kl a trial passes only if it decreases enough *and* stays in the region."""
+    torch.manual_seed(0)
+    target = torch.full((5,), 10.0, dtype=torch.float64)
+    steps = {}
+    for bound in (None, 0.05):
+        w = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+        start = w.detach().clone()
+        kwargs = {"max_kl": bound} if bound is not None else {}
+        opt = rlopt.build_optimizer(name, [w], **({"lr": 10.0} if name == "sls" else {}), **kwargs)
+
+        def closure(w: torch.Tensor = w) -> torch.Tensor:
+            return ((w - target) ** 2).sum()
+
+        def kl(w: torch.Tensor = w, start: torch.Tensor = start) -> torch.Tensor:
+            return ((w - start) ** 2).sum()  # a divergence from the starting point
+
+        loss = opt.step(closure, kl=kl if bound is not None else None)
+        eta = opt.stats["step_size"]
+        assert eta > 0
+        moved = float(((w.detach() - start) ** 2).sum())
+        if name == "sls":  # the monotone Armijo condition on the batch
+            assert float(closure().detach()) <= float(loss.detach()) - 0.1 * eta * opt.stats["grad_norm"] ** 2
+        if bound is not None:
+            assert moved <= bound and opt.stats["kl"] == pytest.approx(moved)
+        steps[bound] = eta
+    assert steps[0.05] < steps[None]  # the region, not the decrease test, limited the step
+
+
+def test_kl_and_max_kl_come_together() -> None:
+    w = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match="needs step\\(closure, kl=fn\\)"):
+        rlopt.SLS([w], max_kl=0.01).step(lambda: (w**2).sum())
+    with pytest.raises(ValueError, match="has no max_kl"):
+        rlopt.SLS([w]).step(lambda: (w**2).sum(), kl=lambda: w.sum())
+    with pytest.raises(ValueError, match="Invalid max_kl"):
+        rlopt.SLS([w], max_kl=0.0)
