@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
-__all__ = ["ENTRY_POINT_GROUP", "USER_ERRORS", "commands", "main", "missing_requirements"]
+__all__ = ["ENTRY_POINT_GROUP", "USER_ERRORS", "commands", "load_command", "main", "missing_requirements"]
 
 ENTRY_POINT_GROUP = "rlopt.commands"
 
@@ -35,10 +35,10 @@ _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _EXTRA = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
 
 
-def commands() -> dict[str, metadata.EntryPoint]:
-    """The registered subcommands by name (the first registration of a name wins)."""
+def commands(group: str = ENTRY_POINT_GROUP) -> dict[str, metadata.EntryPoint]:
+    """The registered subcommands of ``group`` by name (the first registration of a name wins)."""
     found: dict[str, metadata.EntryPoint] = {}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in metadata.entry_points(group=group):
         found.setdefault(ep.name, ep)
     return dict(sorted(found.items()))
 
@@ -66,22 +66,24 @@ def missing_requirements(ep: metadata.EntryPoint) -> dict[str, list[str]]:
     return missing
 
 
-def _install_hint(ep: metadata.EntryPoint, missing: dict[str, list[str]]) -> str:
+def _install_hint(ep: metadata.EntryPoint, missing: dict[str, list[str]], prog: str) -> str:
     dist = ep.dist.metadata["Name"] if ep.dist is not None else "torch-rlopt"
     extras = ",".join(missing)
     names = ", ".join(n for names in missing.values() for n in names)
-    return f"rlopt {ep.name}: needs the extra '{extras}' ({names} not installed): pip install '{dist}[{extras}]'"
+    return f"{prog}: needs the extra '{extras}' ({names} not installed): pip install '{dist}[{extras}]'"
 
 
-def _load(ep: metadata.EntryPoint) -> Command:
-    """The command's function, or ``SystemExit`` with one line when an extra it needs is not installed."""
+def load_command(ep: metadata.EntryPoint, prog: str | None = None) -> Command:
+    """The command's function, or ``SystemExit`` with one line when an extra it needs is not installed
+    (``prog`` names it in that line; default ``rlopt NAME``)."""
+    prog = prog or f"rlopt {ep.name}"
     missing = missing_requirements(ep)
     if missing:
-        raise SystemExit(_install_hint(ep, missing))
+        raise SystemExit(_install_hint(ep, missing, prog))
     try:
         func: Command = ep.load()
     except ImportError as error:
-        raise SystemExit(f"rlopt {ep.name}: cannot import {ep.value}: {error}") from error
+        raise SystemExit(f"{prog}: cannot import {ep.value}: {error}") from error
     return func
 
 
@@ -124,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     found = commands()
     if args and args[0] in found:
-        command = _load(found[args[0]])
+        command = load_command(found[args[0]])
         if debug:
             return command(args[1:])
         try:

@@ -63,7 +63,8 @@ def test_the_wheel_registers_the_command_and_its_subcommands(wheel: Path) -> Non
         text = z.read(info).decode()
     assert "rlopt = rlopt.cli:main" in text
     for name, target in (("train", "rlopt.agents.cli:train_main [rl]"), ("plot", "rlopt.tools.cli:plot_main [rl]"),
-                         ("bench", "rlopt.tools.cli:bench_main [rl,bilevel]"),
+                         ("bench", "rlopt.tools.cli:bench_main"), ("agents", "rlopt.agents.suite:main [rl]"),
+                         ("optim", "rlopt.tools.cli:bench_optim_main [rl,bilevel]"),
                          ("bilevel", "rlopt.bilevel.cli:main [rl,bilevel]"),
                          ("rema", "rlopt.agents.rema.cli:main [rl]")):
         assert f"{name} = {target}" in text

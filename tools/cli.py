@@ -9,15 +9,15 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["bench_main", "plot_main"]
+__all__ = ["BENCH_GROUP", "bench_main", "bench_optim_main", "plot_main"]
 
 
-def _bench_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlopt bench", description="Run a benchmark.")
-    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
-    optim = sub.add_parser(
-        "optim",
-        help="step-size rules at defaults vs SGD/Adam at the best of a 7-point learning-rate grid",
+BENCH_GROUP = "rlopt.bench"
+
+
+def _optim_parser() -> argparse.ArgumentParser:
+    optim = argparse.ArgumentParser(
+        prog="rlopt bench optim",
         description="Train a digits MLP and a breast-cancer logistic regression (scikit-learn's bundled data) "
         "with SLS, AdaSLS, SPS, DecSPS and PoNoS at their defaults, and with SGD and Adam at each of 7 "
         "learning rates; print epochs to a target training loss, save a PNG of loss and step size, a JSON "
@@ -31,14 +31,30 @@ def _bench_parser() -> argparse.ArgumentParser:
     optim.add_argument("--out", default="runs/bench_optim", help="output directory (default: runs/bench_optim)")
     optim.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     optim.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
+    return optim
 
 
 def bench_main(argv: Sequence[str] | None = None) -> int:
-    """Run a benchmark: step-size rules at their defaults against SGD and Adam on a learning-rate grid."""
+    """Run a benchmark: rlopt bench optim (step-size rules on bundled data), rlopt bench agents (the RL suite)."""
+    from rlopt.cli import commands, load_command
+
+    args = list(argv or [])
+    found = commands(BENCH_GROUP)
+    if args and args[0] in found:
+        return load_command(found[args[0]], f"rlopt bench {args[0]}")(args[1:])
+    parser = argparse.ArgumentParser(prog="rlopt bench", description="Run a benchmark.")
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    for name in found:
+        sub.add_parser(name, add_help=False, help=f"see rlopt bench {name} --help")
+    parser.parse_args(args)
+    return 2
+
+
+def bench_optim_main(argv: Sequence[str] | None = None) -> int:
+    """Step-size rules at their defaults against SGD and Adam on a learning-rate grid (bundled data)."""
     from rlopt.tools import compare
 
-    args = _bench_parser().parse_args(argv)
+    args = _optim_parser().parse_args(argv)
     epochs = 8 if args.quick else args.epochs
     seeds = tuple(args.seeds[:1]) if args.quick else tuple(args.seeds)
     out = Path(args.out)
