@@ -208,16 +208,15 @@ def make_env_from_id(
 
 
 def unwrap_torch_env(env: VecEnv) -> gym.vector.VectorEnv | None:
-    """The Gymnasium vector env behind an SB3 view of one (ours or ``rlopt.envs.SB3VecEnv``), else None."""
+    """The Gymnasium vector env behind ``env`` when ``env`` is ``rlopt.envs.SB3VecEnv`` itself, else None.
+
+    Only the adapter itself is looked through: an SB3 wrapper around it (``VecNormalize``, ``VecFrameStack``,
+    ``VecMonitor``, ...) forwards attribute lookups to the adapter, and stepping the vector env behind it would
+    silently skip what the wrapper does, so a wrapped env is stepped through its SB3 face.
+    """
     from rlopt.envs.sb3 import SB3VecEnv
 
-    if isinstance(env, SB3VecEnv):
-        return env.vector_env
-    for name in ("env", "vector_env"):
-        inner = getattr(env, name, None)
-        if isinstance(inner, gym.vector.VectorEnv):
-            return inner
-    return None
+    return env.vector_env if isinstance(env, SB3VecEnv) else None
 
 
 def to_sb3(env: gym.vector.VectorEnv) -> VecEnv:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -546,3 +547,25 @@ def test_a_line_search_with_max_kl_keeps_every_ppo_step_in_the_trust_region() ->
     assert len(seen) == 2 * 4 * 4 and taken  # 2 updates x 4 epochs x 4 minibatches
     assert max(taken) <= bound * (1 + 1e-6)
     assert any(kl > bound / 4 for kl in taken)  # the bound was active, not trivially met
+
+
+@pytest.mark.parametrize("wrapper", ["VecNormalize", "VecMonitor", "VecFrameStack"])
+def test_an_sb3_wrapper_around_the_batched_env_is_honoured(wrapper: str) -> None:
+    """The agent steps the wrapper, not the tensor env behind it (wrappers forward attribute lookups)."""
+    from stable_baselines3.common import vec_env as sb3_vec
+
+    from rlopt import envs
+
+    inner = envs.SB3VecEnv(envs.make("CartPole-v1", num_envs=4, seed=0, autoreset_mode="same_step"))
+    with warnings.catch_warnings():  # VecMonitor warns that the adapter already reports Monitor's statistics
+        warnings.simplefilter("ignore", UserWarning)
+        venv = {"VecNormalize": lambda: sb3_vec.VecNormalize(inner), "VecMonitor": lambda: sb3_vec.VecMonitor(inner),
+                "VecFrameStack": lambda: sb3_vec.VecFrameStack(inner, n_stack=2)}[wrapper]()
+    model = agents.PPO("MlpPolicy", venv, n_steps=32, batch_size=64, n_epochs=1, seed=0)
+    model.learn(256)
+    if wrapper == "VecNormalize":
+        assert venv.obs_rms.count > 100  # its statistics were updated by the rollouts
+    elif wrapper == "VecMonitor":
+        assert venv.episode_count > 0
+    else:
+        assert model.observation_space.shape == (8,)  # two stacked CartPole observations
