@@ -15,7 +15,7 @@ from __future__ import annotations
 import pathlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import gymnasium as gym
@@ -42,6 +42,49 @@ from rlopt.agents.common.serialization import safe_custom_objects
 from rlopt.validation import check_at_least, check_closed, check_int
 
 SelfOnPolicyAgent = TypeVar("SelfOnPolicyAgent", bound="OnPolicyAgent")
+
+
+class NumpyView:
+    """A tensor that becomes a numpy array when read (``np.asarray``, indexing, ``len``, iteration)."""
+
+    __slots__ = ("_tensor",)
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self._tensor = tensor
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        array = self._tensor.detach().cpu().numpy()
+        return array if dtype is None else array.astype(dtype)
+
+    def __len__(self) -> int:
+        return int(self._tensor.shape[0])
+
+    def __getitem__(self, index: Any) -> Any:
+        return np.asarray(self)[index]
+
+    def __iter__(self) -> Any:
+        return iter(np.asarray(self))
+
+
+class StepInfos(Sequence[dict[str, Any]]):
+    """SB3's per-env ``infos`` of one batched step, built when a callback reads them: for every copy
+    ``TimeLimit.truncated`` (truncated and not terminated, as SB3's ``DummyVecEnv`` reports it)."""
+
+    def __init__(self, terminated: torch.Tensor, truncated: torch.Tensor) -> None:
+        self._terminated, self._truncated = terminated, truncated
+        self._built: list[dict[str, Any]] | None = None
+
+    def _infos(self) -> list[dict[str, Any]]:
+        if self._built is None:
+            time_limit = (self._truncated & ~self._terminated).detach().cpu().numpy()
+            self._built = [{"TimeLimit.truncated": bool(t)} for t in time_limit]
+        return self._built
+
+    def __len__(self) -> int:
+        return int(self._terminated.shape[0])
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._infos()[index]
 
 
 class OnPolicyAgent(BaseAlgorithm):
@@ -376,7 +419,10 @@ class OnPolicyAgent(BaseAlgorithm):
                 buf.add_final_observations(step, out.final_mask & out.truncated, out.final_obs)
             obs = out.obs
             self.num_timesteps += stepper.num_envs
-            callback.update_locals(locals())
+            # SB3's callbacks read these locals as numpy arrays and a list of infos: views that convert (and
+            # synchronise with the device) only when a callback reads them
+            callback.update_locals({**locals(), "dones": NumpyView(dones), "rewards": NumpyView(out.reward),
+                                    "new_obs": NumpyView(obs), "infos": StepInfos(out.terminated, out.truncated)})
             if not callback.on_step():
                 self._last_obs = obs  # type: ignore[assignment]
                 self._save_prev_done()
@@ -575,6 +621,11 @@ class OnPolicyAgent(BaseAlgorithm):
                 self._dump_logs_at(iteration)
         callback.on_training_end()
         return self
+
+    def dump_logs(self, iteration: int = 0) -> None:
+        """Write the rollout and time statistics to the logger now (SB3's ``dump_logs``; ``LogEveryNTimesteps``
+        calls it)."""
+        self._dump_logs_at(iteration)
 
     def _dump_logs_at(self, iteration: int) -> None:
         elapsed = max((time.time_ns() - self.start_time) / 1e9, sys.float_info.epsilon)

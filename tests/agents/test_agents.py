@@ -569,3 +569,23 @@ def test_an_sb3_wrapper_around_the_batched_env_is_honoured(wrapper: str) -> None
         assert venv.episode_count > 0
     else:
         assert model.observation_space.shape == (8,)  # two stacked CartPole observations
+
+
+def test_sb3_callbacks_that_read_the_step_locals_and_dump_logs_work() -> None:
+    from stable_baselines3.common.callbacks import CallbackList, LogEveryNTimesteps, StopTrainingOnMaxEpisodes
+
+    seen: dict[str, Any] = {}
+
+    class Reads(BaseCallback):
+        def _on_step(self) -> bool:
+            seen.update(dones=np.asarray(self.locals["dones"]), rewards=np.asarray(self.locals["rewards"]),
+                        new_obs=np.asarray(self.locals["new_obs"]), infos=list(self.locals["infos"]))
+            return True
+
+    model = agents.PPO("MlpPolicy", "CartPole-v1", n_envs=4, n_steps=64, batch_size=128, n_epochs=1, seed=0)
+    stop = StopTrainingOnMaxEpisodes(max_episodes=3)  # crashed: np.sum(axis=) on a torch tensor
+    model.learn(10_000, callback=CallbackList([Reads(), stop, LogEveryNTimesteps(n_steps=64)]))
+    assert model.num_timesteps < 10_000  # stopped by the episode count
+    assert seen["dones"].dtype == np.bool_ and seen["dones"].shape == (4,)
+    assert seen["rewards"].shape == (4,) and seen["new_obs"].shape == (4, 4)
+    assert len(seen["infos"]) == 4 and all("TimeLimit.truncated" in info for info in seen["infos"])
