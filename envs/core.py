@@ -465,18 +465,58 @@ class TorchVecEnv(VectorEnv):
         """Reset all copies (or those in ``options["reset_mask"]``); returns (obs, info={}).
 
         Args:
-            seed: reseed the env's generator first (same seed, same initial states).
+            seed: reseed the env's generator first (same seed, same initial states); also ``np_random_seed``.
+                A list is accepted in Gymnasium's form for an int seed, ``[s, s + 1, ..., s + num_envs - 1]``:
+                every copy draws from one counter-based stream, so other per-copy seeds cannot be honoured.
             options: ``{"reset_mask": mask}`` with a bool tensor (or numpy array) of shape ``(num_envs,)``
-                with at least one True value resets only those copies.
+                with at least one True value resets only those copies. Other keys are refused.
         """
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"{self.env_id}: invalid seed {seed!r}, expected an int or None")
+        seed = self._check_seed(seed)
+        if options is not None:
+            unknown = sorted(set(options) - {"reset_mask"})
+            if unknown:
+                raise ValueError(f"{self.env_id}: invalid reset options {unknown}, expected only 'reset_mask' (the "
+                                 "batched env does not take the 'low'/'high' initial-state ranges of Gymnasium's "
+                                 "classic-control reset: its copies start from the task's default range)")
         mask = self._reset_mask(options)
         if seed is not None:
             self._set_seed(seed)
+            self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
         self._reset(mask)
         self._needs_reset = False
         return self._observe(self._state), {}
+
+    def _check_seed(self, seed: Any) -> int | None:
+        if isinstance(seed, (list, tuple)):
+            if (len(seed) == self.num_envs and all(isinstance(x, int) and not isinstance(x, bool) for x in seed)
+                    and list(seed) == list(range(seed[0], seed[0] + self.num_envs))):
+                return int(seed[0])
+            raise ValueError(f"{self.env_id}: invalid seed list {list(seed)[:4]}..., expected [s, s + 1, ..., "
+                             f"s + {self.num_envs - 1}] (the copies share one counter-based stream) or an int")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"{self.env_id}: invalid seed {seed!r}, expected an int or None")
+        return seed
+
+    # Gymnasium's VectorEnv attribute API: one batched env stands for every copy
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """``getattr(self, name)`` once per copy (the copies share the batched env's attributes)."""
+        return (getattr(self, name),) * self.num_envs
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """The batched env's method ``name`` called once, its result once per copy (an attribute's value
+        when ``name`` is not callable)."""
+        attr = getattr(self, name)
+        result = attr(*args, **kwargs) if callable(attr) else attr
+        return (result,) * self.num_envs
+
+    def set_attr(self, name: str, values: Any) -> None:
+        """Set ``name`` on the batched env: one value, or one per copy that are all equal."""
+        if isinstance(values, (list, tuple)):
+            if len(values) != self.num_envs or any(v != values[0] for v in values):
+                raise ValueError(f"{self.env_id}: set_attr({name!r}) needs one value for all {self.num_envs} copies "
+                                 "(they share the batched env's attributes)")
+            values = values[0]
+        setattr(self, name, values)
 
     def _reset_mask(self, options: dict[str, Any] | None) -> torch.Tensor | None:
         if options is None or "reset_mask" not in options:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import gymnasium as gym
@@ -56,9 +57,16 @@ def make(
     """
     if env_id not in ENV_CLASSES:
         raise ValueError(f"Unknown env_id: {env_id!r}, expected one of {', '.join(registered_ids())}")
-    return ENV_CLASSES[env_id](
+    env = ENV_CLASSES[env_id](
         num_envs=num_envs, device=device, seed=seed, autoreset_mode=autoreset_mode, **kwargs
     )
+    name = f"{GYMNASIUM_NAMESPACE}/{env_id}"
+    if name in gym.registry:  # the spec Gymnasium's make_vec would give it
+        spec = copy.deepcopy(gym.spec(name))
+        spec.kwargs = {**spec.kwargs, "num_envs": num_envs, **kwargs}
+        spec.max_episode_steps = env.max_episode_steps
+        env.spec = spec
+    return env
 
 
 def register_gymnasium_envs() -> None:

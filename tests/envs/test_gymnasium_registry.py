@@ -50,3 +50,22 @@ def test_the_module_form_of_the_id_imports_the_package_itself() -> None:
             "print(type(env).__name__, env.num_envs)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.split() == ["CartPoleEnv", "4"]
+
+
+def test_the_vector_env_api_gymnasium_code_relies_on() -> None:
+    env = envs.make("CartPole-v1", num_envs=3, max_episode_steps=50)
+    assert env.spec is not None and env.spec.id == "rlopt/CartPole-v1" and env.spec.max_episode_steps == 50
+    first, _ = env.reset(seed=42)
+    assert env.np_random_seed == 42
+    again, _ = env.reset(seed=[42, 43, 44])  # Gymnasium's per-copy form of an int seed
+    assert torch.equal(first, again)
+    with pytest.raises(ValueError, match="invalid seed list"):
+        env.reset(seed=[1, 5, 9])
+    with pytest.raises(ValueError, match=r"invalid reset options \['high', 'low'\]"):
+        env.reset(options={"low": -0.1, "high": 0.1})  # silently ignored before
+    assert env.get_attr("max_episode_steps") == (50, 50, 50)
+    assert env.call("get_attr", "num_envs") == ((3, 3, 3),) * 3
+    env.set_attr("max_episode_steps", [60, 60, 60])
+    assert env.max_episode_steps == 60
+    with pytest.raises(ValueError, match="one value for all 3 copies"):
+        env.set_attr("max_episode_steps", [1, 2, 3])
