@@ -29,7 +29,7 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-__all__ = ["AUTORESET_MODES", "TorchVecEnv", "parse_autoreset_mode"]
+__all__ = ["AUTORESET_MODES", "TorchVecEnv", "declared_autoreset_mode", "parse_autoreset_mode"]
 
 _M32 = 0xFFFFFFFF
 # Odd multipliers below 2**31: x < 2**32 times c < 2**31 stays below 2**63, so int64 never overflows.
@@ -48,6 +48,12 @@ AUTORESET_MODES: dict[str, AutoresetMode] = {
     "same_step": AutoresetMode.SAME_STEP,
     "disabled": AutoresetMode.DISABLED,
 }
+
+
+def declared_autoreset_mode(env: VectorEnv) -> AutoresetMode:
+    """The autoreset mode a Gymnasium vector env declares in its metadata (next-step, Gymnasium's default,
+    when it declares none)."""
+    return parse_autoreset_mode(env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP))
 
 
 def parse_autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:

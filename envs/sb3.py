@@ -14,7 +14,7 @@ from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from rlopt.envs.core import TorchVecEnv
+from rlopt.envs.core import TorchVecEnv, declared_autoreset_mode
 
 __all__ = ["SB3VecEnv"]
 
@@ -23,11 +23,6 @@ def _numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def _autoreset_mode(env: gym.vector.VectorEnv) -> AutoresetMode:
-    mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
-    return AutoresetMode(mode) if isinstance(mode, str) else mode
 
 
 class SB3VecEnv(VecEnv):
@@ -69,7 +64,7 @@ class SB3VecEnv(VecEnv):
         if not isinstance(env, gym.vector.VectorEnv):
             raise TypeError(f"Invalid env: expected a gymnasium.vector.VectorEnv such as an envs.TorchVecEnv, got "
                             f"{type(env).__name__}")
-        self.mode = _autoreset_mode(env)
+        self.mode = declared_autoreset_mode(env)
         allowed = (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP) if allow_next_step else (AutoresetMode.SAME_STEP,)
         if self.mode not in allowed:
             hint = (f"create it with envs.make({env.env_id!r}, ..., autoreset_mode='same_step')"

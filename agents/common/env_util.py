@@ -43,10 +43,11 @@ def _to_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) -
 
 
 def autoreset_mode(env: gym.vector.VectorEnv) -> AutoresetMode:
-    """The autoreset mode a Gymnasium vector env declares (next-step when it declares none)."""
-    mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
-    if isinstance(mode, str):
-        mode = AutoresetMode(mode)
+    """The autoreset mode a Gymnasium vector env declares (next-step when it declares none), one the agents'
+    rollouts support."""
+    from rlopt.envs.core import declared_autoreset_mode
+
+    mode = declared_autoreset_mode(env)
     if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
         raise ValueError(
             f"env autoreset_mode {mode} is not supported, expected {AutoresetMode.NEXT_STEP} or "
