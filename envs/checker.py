@@ -58,14 +58,20 @@ def _check_step_outputs(env: TorchVecEnv, out: tuple[Any, ...]) -> None:
     _check_tensor(env, "terminated", terminated, (n,), torch.bool)
     _check_tensor(env, "truncated", truncated, (n,), torch.bool)
     _require(isinstance(info, dict), env, f"info must be a dict, got {type(info).__name__}")
-    _require({"episode", "_episode"} <= info.keys(), env, "info must hold 'episode' and '_episode'")
-    _check_tensor(env, "info['_episode']", info["_episode"], (n,), torch.bool)
-    _check_tensor(env, "info['episode']['r']", info["episode"]["r"], (n,), torch.float32)
-    _check_tensor(env, "info['episode']['l']", info["episode"]["l"], (n,), torch.int32)
+    done = terminated | truncated
+    if not env.dense_info and not bool(done.any()):
+        _require(info == {}, env, f"info must be {{}} when no copy ended (dense_info=False), got keys {list(info)}")
+        return
+    _require({"episode_stats", "_episode_stats"} <= info.keys(), env,
+             "info must hold 'episode_stats' and '_episode_stats'")
+    _require("episode" not in info, env, "info must leave 'episode' to Gymnasium's RecordEpisodeStatistics")
+    _check_tensor(env, "info['_episode_stats']", info["_episode_stats"], (n,), torch.bool)
+    _check_tensor(env, "info['episode_stats']['r']", info["episode_stats"]["r"], (n,), torch.float32)
+    _check_tensor(env, "info['episode_stats']['l']", info["episode_stats"]["l"], (n,), torch.int32)
     _require(
-        bool(torch.equal(info["_episode"], terminated | truncated)),
+        bool(torch.equal(info["_episode_stats"], done)),
         env,
-        "info['_episode'] must equal terminated | truncated",
+        "info['_episode_stats'] must equal terminated | truncated",
     )
     if env.autoreset_mode == AutoresetMode.SAME_STEP:
         _require(
@@ -74,7 +80,7 @@ def _check_step_outputs(env: TorchVecEnv, out: tuple[Any, ...]) -> None:
             "SAME_STEP info keys",
         )
         _check_tensor(env, "info['final_obs']", info["final_obs"], obs_shape, torch.float32)
-        _require(bool(torch.equal(info["_final_obs"], terminated | truncated)), env, "_final_obs mask")
+        _require(bool(torch.equal(info["_final_obs"], done)), env, "_final_obs mask")
 
 
 def _within(space: gym.spaces.Box, obs: torch.Tensor) -> bool:
@@ -168,7 +174,7 @@ def check_env(env: TorchVecEnv, seed: int = 0) -> None:
     env.reset(seed=seed)
     obs, _, terminated, truncated, info = _run_until_done(env, gen)
     done = terminated | truncated
-    ep_len = info["episode"]["l"]
+    ep_len = info["episode_stats"]["l"]  # a copy ended, so the key is there
     _require(bool((ep_len[done] >= 1).all()), env, "episode length of an ended episode must be >= 1")
     _require(bool((ep_len <= env.max_episode_steps).all()), env, "episode length must not exceed the limit")
     _require(
@@ -177,11 +183,11 @@ def check_env(env: TorchVecEnv, seed: int = 0) -> None:
         "truncated must be exactly the time limit",
     )
     if mode == AutoresetMode.NEXT_STEP:
-        obs2, reward2, term2, trunc2, info2 = env.step(_sample_actions(env, gen))
+        obs2, reward2, term2, trunc2, _ = env.step(_sample_actions(env, gen))
         _require(bool((reward2[done] == 0).all()), env, "NEXT_STEP: the reset step must give reward 0")
         _require(not bool((term2 | trunc2)[done].any()), env, "NEXT_STEP: the reset step must not end")
         _require(
-            bool((info2["episode"]["l"][done] == 0).all()), env, "NEXT_STEP: reset step starts at length 0"
+            bool((env._episode_length[done] == 0).all()), env, "NEXT_STEP: reset step starts at length 0"
         )
         _require(_within(env.single_observation_space, obs2[done]), env, "NEXT_STEP: reset obs in space")
     elif mode == AutoresetMode.SAME_STEP:

@@ -108,10 +108,15 @@ class TorchVecEnv(VectorEnv):
     for the step and restored after it; the compiled kernel is built single-threaded): the work is too
     small to split, and a thread team stalls whenever another process holds a core.
 
-    Episode statistics, as Gymnasium's ``RecordEpisodeStatistics`` reports them, come in every step's
-    info: ``info["episode"] = {"r": return, "l": length}`` (tensors of shape ``(num_envs,)``, float32 and
-    int32) valid where ``info["_episode"]`` (= terminated | truncated) is True. The return and length
-    include the step that ended the episode. Wall-clock time ``"t"`` is not tracked on device.
+    Info. As Gymnasium's vector envs, a step's info holds a key only when it applies to some copy, with a
+    mask ``info["_key"]`` telling which: ``final_obs``/``final_info`` (SAME_STEP) and the env's own episode
+    statistics ``info["episode_stats"] = {"r": return, "l": length}`` (tensors of shape ``(num_envs,)``,
+    float32 and int32, valid where ``info["_episode_stats"]`` = terminated | truncated is True; the return
+    and length include the step that ended the episode) appear on the steps where a copy ended, and the
+    info is ``{}`` on the others. The statistics have their own key so that Gymnasium's
+    ``RecordEpisodeStatistics`` can still add ``"episode"`` (with wall-clock time, which is not tracked on
+    device). Deciding whether a copy ended reads one flag from the device, so on accelerators the keys
+    are in every step's info instead (``dense_info=True``), the masks telling where they are valid.
 
     Args:
         num_envs: number of copies, >= 1.
@@ -128,6 +133,9 @@ class TorchVecEnv(VectorEnv):
         validate_actions: check that discrete actions are in range (raises ``ValueError``); reading the
             check's result is a host synchronisation on accelerators, so the default is True on CPU and
             False elsewhere. Shape, dtype and device are always checked (metadata only).
+        dense_info: put the masked info keys in every step's info (masks all False where no copy ended)
+            instead of only in the steps where a copy ended. ``None``: False on CPU (Gymnasium's form), True
+            elsewhere (no host synchronisation per step).
         threads: intra-op CPU threads of the step (the compiled kernel's OpenMP team, or ATen's pool for
             the eager step), set for the duration of each step. ``None``: one thread below 65536 copies,
             torch's setting from there on. A step over a few thousand copies is tens to hundreds of
@@ -166,6 +174,7 @@ class TorchVecEnv(VectorEnv):
         compile: bool = False,
         validate_actions: bool | None = None,
         threads: int | None = None,
+        dense_info: bool | None = None,
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"Invalid num_envs: {num_envs!r}, expected an int >= 1")
@@ -195,6 +204,7 @@ class TorchVecEnv(VectorEnv):
         self.autoreset_mode = parse_autoreset_mode(autoreset_mode)
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
         self.validate_actions = self.device.type == "cpu" if validate_actions is None else validate_actions
+        self.dense_info = self.device.type != "cpu" if dense_info is None else bool(dense_info)
         # each env its own spaces: the class-level ones are shared, and a caller writing into one env's bounds
         # (a policy's buffers loaded in place, say) must not change every later env of the class
         self.single_observation_space = copy.deepcopy(type(self).single_observation_space)
@@ -503,6 +513,22 @@ class TorchVecEnv(VectorEnv):
             raise TypeError(f"{self.env_id}: invalid seed {seed!r}, expected an int or None")
         return seed
 
+    def _set_autoreset_mode(self, mode: AutoresetMode | str) -> None:
+        """Switch the autoreset mode (``SB3VecEnv`` turns a NEXT_STEP env into the SAME_STEP one SB3 needs).
+
+        The mode is part of the step function, so a compiled step is traced and compiled again; every copy
+        must be reset before the next step.
+        """
+        mode = parse_autoreset_mode(mode)
+        if mode == self.autoreset_mode:
+            return
+        self.autoreset_mode = mode
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
+        self._prev_done.zero_()
+        self._needs_reset = True
+        if self.compiled:
+            self._transition = self._compile_transition()
+
     # Gymnasium's VectorEnv attribute API: one batched env stands for every copy
     def get_attr(self, name: str) -> tuple[Any, ...]:
         """``getattr(self, name)`` once per copy (the copies share the batched env's attributes)."""
@@ -601,7 +627,9 @@ class TorchVecEnv(VectorEnv):
                 truncated.view(torch.bool),
                 done.view(torch.bool),
             )
-        info: dict[str, Any] = {"episode": {"r": ep_return, "l": ep_length}, "_episode": done}
+        if not self.dense_info and not bool(done.any()):
+            return obs, reward, terminated, truncated, {}
+        info: dict[str, Any] = {"episode_stats": {"r": ep_return, "l": ep_length}, "_episode_stats": done}
         if self.autoreset_mode == AutoresetMode.SAME_STEP:
             info["final_obs"] = final_obs
             info["_final_obs"] = done

@@ -41,7 +41,7 @@ def make(
         seed: seed of the env's generator (``None``: OS entropy); ``reset(seed=...)`` reseeds.
         autoreset_mode: ``AutoresetMode.NEXT_STEP`` (Gymnasium's default), ``SAME_STEP`` or ``DISABLED``,
             or their names "next_step", "same_step", "disabled".
-        **kwargs: ``max_episode_steps``, ``dtype``, ``compile``, ``validate_actions``, ``threads`` (see
+        **kwargs: ``max_episode_steps``, ``dtype``, ``compile``, ``validate_actions``, ``threads``, ``dense_info`` (see
             `TorchVecEnv`)
             and environment keywords (Pendulum's ``g``).
 

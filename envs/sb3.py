@@ -28,8 +28,10 @@ def _numpy(x: Any) -> np.ndarray:
 class SB3VecEnv(VecEnv):
     """Expose a Gymnasium vector env, a `TorchVecEnv` above all, through stable-baselines3's ``VecEnv`` API.
 
-    SB3 resets finished copies in the same step, so the env should use ``autoreset_mode="same_step"``. Per
-    step, everything crosses the device boundary once: observations, rewards and dones as numpy arrays, and a
+    SB3 resets finished copies in the same step: a `TorchVecEnv` created with another autoreset mode
+    (Gymnasium's default is next-step) is switched to ``"same_step"`` here (a compiled one is compiled
+    again); other vector envs must be created with ``AutoresetMode.SAME_STEP``. Per step, everything
+    crosses the device boundary once: observations, rewards and dones as numpy arrays, and a
     list of ``num_envs`` info dicts as ``DummyVecEnv`` over ``Monitor``-wrapped envs gives them:
     ``info["TimeLimit.truncated"] = truncated and not terminated`` for every copy; for copies that ended,
     ``info["terminal_observation"]`` (the true final observation) and ``info["episode"] = {"r": return, "l":
@@ -47,13 +49,13 @@ class SB3VecEnv(VecEnv):
     per requested index.
 
     Args:
-        env: the batched environment (SAME_STEP autoreset).
-        allow_next_step: accept a NEXT_STEP env as described above.
+        env: the batched environment.
+        allow_next_step: accept a NEXT_STEP env other than a `TorchVecEnv` as described above.
 
     Example:
         >>> import numpy as np
         >>> from rlopt import envs
-        >>> venv = envs.SB3VecEnv(envs.make("CartPole-v1", num_envs=4, seed=0, autoreset_mode="same_step"))
+        >>> venv = envs.SB3VecEnv(envs.make("CartPole-v1", num_envs=4, seed=0))
         >>> obs = venv.reset()
         >>> obs, rewards, dones, infos = venv.step(np.ones(4, dtype=np.int64))
         >>> obs.shape, rewards.dtype, infos[0]["TimeLimit.truncated"]
@@ -64,12 +66,14 @@ class SB3VecEnv(VecEnv):
         if not isinstance(env, gym.vector.VectorEnv):
             raise TypeError(f"Invalid env: expected a gymnasium.vector.VectorEnv such as an envs.TorchVecEnv, got "
                             f"{type(env).__name__}")
+        if isinstance(env, TorchVecEnv):
+            env._set_autoreset_mode(AutoresetMode.SAME_STEP)
         self.mode = declared_autoreset_mode(env)
         allowed = (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP) if allow_next_step else (AutoresetMode.SAME_STEP,)
         if self.mode not in allowed:
-            hint = (f"create it with envs.make({env.env_id!r}, ..., autoreset_mode='same_step')"
-                    if isinstance(env, TorchVecEnv) else "create it with autoreset_mode=AutoresetMode.SAME_STEP")
-            raise ValueError(f"Invalid env: SB3 needs autoreset_mode=SAME_STEP, got {self.mode.name}; {hint}")
+            raise ValueError(f"Invalid env: SB3 needs autoreset_mode=SAME_STEP, got {self.mode.name}; create it "
+                             "with autoreset_mode=AutoresetMode.SAME_STEP (or pass allow_next_step=True to only "
+                             "evaluate through this adapter)")
         self.env = env  # before VecEnv.__init__, which asks the env for its render_mode
         super().__init__(int(env.num_envs), env.single_observation_space, env.single_action_space)
         self._torch = isinstance(env, TorchVecEnv)
@@ -130,7 +134,7 @@ class SB3VecEnv(VecEnv):
         dones = term_np | trunc_np
         time_limit = trunc_np & ~term_np
         infos: list[dict[str, Any]] = [{"TimeLimit.truncated": bool(t)} for t in time_limit]
-        own_stats = self._torch and "episode" in info
+        own_stats = self._torch  # a TorchVecEnv reports them where a copy ended
         if not own_stats:
             self._episode_return += reward_np
             self._episode_length += ~self._resetting  # a next-step reset step is not part of an episode
@@ -145,7 +149,7 @@ class SB3VecEnv(VecEnv):
             else:
                 final_obs = np.stack([_numpy(info["final_obs"][i]) for i in ended])
             if own_stats:
-                ep_r, ep_l = _numpy(info["episode"]["r"]), _numpy(info["episode"]["l"])
+                ep_r, ep_l = _numpy(info["episode_stats"]["r"]), _numpy(info["episode_stats"]["l"])
             else:
                 ep_r, ep_l = self._episode_return.copy(), self._episode_length.copy()
                 self._episode_return[ended] = 0.0

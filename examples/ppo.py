@@ -103,8 +103,9 @@ def train(args: Args) -> Agent:
             next_obs, reward, terminated, truncated, info = env.step(action)
             next_obs = next_obs.float()
             rew_buf[t], term_buf[t], done_buf[t] = reward, terminated, terminated | truncated
-            trunc_buf[t] = truncated  # same-step autoreset: the true final observation is in info
-            final_obs_buf[t] = info["final_obs"]
+            trunc_buf[t] = truncated  # same-step autoreset: the true final observation is in info,
+            if "final_obs" in info:  # on the steps where a copy ended
+                final_obs_buf[t] = info["final_obs"]
 
         # ---- GAE: a truncated episode bootstraps from V(final observation); a terminated one does not
         with torch.no_grad():

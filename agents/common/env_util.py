@@ -152,7 +152,7 @@ def _batched_env_ids() -> set[str]:
 
 
 #: ``env_kwargs`` of a batched env that change how it runs, not what it computes: not passed to evaluation envs
-RUNTIME_ENV_KWARGS = frozenset({"compile", "threads", "validate_actions"})
+RUNTIME_ENV_KWARGS = frozenset({"compile", "threads", "validate_actions", "dense_info"})
 
 
 def check_env_kwargs(env_kwargs: Any) -> dict[str, Any]:

@@ -382,7 +382,8 @@ class MetaGradientRL(BilevelProblem):
             truncated[t] = trunc
             if "final_obs" in info:
                 final_obs[t] = info["final_obs"].to(dt)
-            ended_returns.append(info["episode"]["r"][info["_episode"]])
+            if "episode_stats" in info:  # on the steps where a copy ended (every step on accelerators)
+                ended_returns.append(info["episode_stats"]["r"][info["_episode_stats"]])
             obs = next_obs.to(dt)
         self._obs = obs
         self.env_steps += T * N
@@ -394,7 +395,7 @@ class MetaGradientRL(BilevelProblem):
         # A time limit is not a terminal state: bootstrap from the value of the true final observation.
         if bool(truncated.any()):
             next_values[truncated] = self._value(y, final_obs[truncated])
-        episode_returns = torch.cat(ended_returns).to(dt)
+        episode_returns = torch.cat(ended_returns).to(dt) if ended_returns else torch.zeros(0, dtype=dt, device=dev)
         self.recent_returns.extend(episode_returns.tolist())
         return Rollout(
             observations, actions, log_probs, values, next_values, rewards, terminated, terminated | truncated,
@@ -414,8 +415,10 @@ class MetaGradientRL(BilevelProblem):
         for _ in range(env.max_episode_steps):
             actions = torch.argmax(self.log_pi(y, obs.to(self.dtype)), dim=-1)
             obs, _, _, _, info = env.step(actions)
-            ended = info["_episode"] & ~finished
-            returns[ended] = info["episode"]["r"][ended].to(torch.float64)
+            if "episode_stats" not in info:
+                continue
+            ended = info["_episode_stats"] & ~finished
+            returns[ended] = info["episode_stats"]["r"][ended].to(torch.float64)
             finished |= ended
             if bool(finished.all()):
                 break

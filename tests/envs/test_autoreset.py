@@ -55,23 +55,24 @@ def test_lockstep_with_sync_vector_env(env_id: str, mode: AutoresetMode) -> None
         # Episode statistics as RecordEpisodeStatistics reports them. With DISABLED, Gymnasium's wrapper
         # loses the mask on a partial reset (SyncVectorEnv pops it first) and zeroes every copy, so the
         # reference there is a plain running sum from the last reset.
-        np.testing.assert_array_equal(info["_episode"].numpy(), g_info.get("_episode", np.zeros(n, bool)))
+        # Keys only where a copy ended, as Gymnasium's; the statistics under their own key.
+        theirs = {"episode_stats" if k == "episode" else "_episode_stats" if k == "_episode" else k for k in g_info}
+        assert set(info) == theirs, f"info keys at step {t}"
+        if done.any():
+            np.testing.assert_array_equal(info["_episode_stats"].numpy(), g_info["_episode"])
         own_return += g_rew
         own_length += 1
         if done.any():
             want_r = own_return if mode == AutoresetMode.DISABLED else g_info["episode"]["r"]
             want_l = own_length if mode == AutoresetMode.DISABLED else g_info["episode"]["l"]
-            np.testing.assert_allclose(info["episode"]["r"].numpy()[done], want_r[done], rtol=1e-5)
-            np.testing.assert_array_equal(info["episode"]["l"].numpy()[done], want_l[done])
+            np.testing.assert_allclose(info["episode_stats"]["r"].numpy()[done], want_r[done], rtol=1e-5)
+            np.testing.assert_array_equal(info["episode_stats"]["l"].numpy()[done], want_l[done])
             own_return[done] = 0.0
             own_length[done] = 0
         if mode == AutoresetMode.SAME_STEP:
-            np.testing.assert_array_equal(
-                info["_final_obs"].numpy(), g_info.get("_final_obs", np.zeros(n, bool))
-            )
-            np.testing.assert_array_equal(
-                info["_final_info"].numpy(), g_info.get("_final_info", np.zeros(n, bool))
-            )
+            if done.any():
+                np.testing.assert_array_equal(info["_final_obs"].numpy(), g_info["_final_obs"])
+                np.testing.assert_array_equal(info["_final_info"].numpy(), g_info["_final_info"])
             for i in np.flatnonzero(done):
                 np.testing.assert_allclose(
                     info["final_obs"][i].numpy(), g_info["final_obs"][i], rtol=1e-5, atol=1e-6
@@ -110,22 +111,22 @@ def test_next_step_reset_ignores_the_action_and_truncation_is_not_termination() 
         assert not trunc.any()
     _, _, term, trunc, info = env.step(a)
     assert trunc.all() and not term.any()
-    assert info["episode"]["l"].tolist() == [4, 4, 4]
+    assert info["episode_stats"]["l"].tolist() == [4, 4, 4]
     state_after_reset = []
     for action in (torch.full((3, 1), -2.0), torch.full((3, 1), 2.0)):
-        env2 = envs.make("Pendulum-v1", num_envs=3, seed=0, max_episode_steps=4)
+        env2 = envs.make("Pendulum-v1", num_envs=3, seed=0, max_episode_steps=4, dense_info=True)
         env2.reset()
         for _ in range(4):
             env2.step(a)
         _, rew, term, trunc, info = env2.step(action)
         assert rew.tolist() == [0.0, 0.0, 0.0] and not (term | trunc).any()
-        assert info["episode"]["l"].tolist() == [0, 0, 0]
+        assert info["episode_stats"]["l"].tolist() == [0, 0, 0]  # (dense: no copy ended on this step)
         state_after_reset.append(env2.state)
     torch.testing.assert_close(state_after_reset[0], state_after_reset[1], rtol=0, atol=0)
 
 
 def test_partial_reset_touches_only_masked_copies() -> None:
-    env = envs.make("CartPole-v1", num_envs=5, seed=0)
+    env = envs.make("CartPole-v1", num_envs=5, seed=0, dense_info=True)
     env.reset()
     for _ in range(3):
         env.step(torch.ones(5, dtype=torch.long))
@@ -138,7 +139,7 @@ def test_partial_reset_touches_only_masked_copies() -> None:
     assert (after[mask].abs() <= 0.05).all()
     torch.testing.assert_close(obs, after.float(), rtol=0, atol=0)
     _, _, _, _, info = env.step(torch.ones(5, dtype=torch.long))
-    assert info["episode"]["l"].tolist() == [1, 4, 1, 4, 4]
+    assert info["episode_stats"]["l"].tolist() == [1, 4, 1, 4, 4]
     # A numpy mask is accepted as in Gymnasium.
     env.reset(options={"reset_mask": np.array([False, True, False, False, False])})
 
@@ -241,9 +242,7 @@ def test_works_under_gymnasium_vector_wrappers() -> None:
     from gymnasium.wrappers.vector import ArrayConversion
 
     env = envs.make("CartPole-v1", num_envs=4, seed=0)
-    wrapped = RecordEpisodeStatistics(
-        ArrayConversion(env, env_xp=torch, target_xp=np), stats_key="gym_episode"
-    )
+    wrapped = RecordEpisodeStatistics(ArrayConversion(env, env_xp=torch, target_xp=np))
     obs, _ = wrapped.reset(seed=0)
     assert isinstance(obs, np.ndarray) and obs.shape == (4, 4)
     wrapped.action_space.seed(0)
@@ -251,10 +250,11 @@ def test_works_under_gymnasium_vector_wrappers() -> None:
     for _ in range(200):
         _, rew, _, _, info = wrapped.step(wrapped.action_space.sample())
         assert isinstance(rew, np.ndarray)
-        np.testing.assert_array_equal(info["_episode"], info.get("_gym_episode", np.zeros(4, bool)))
-        done = info["_episode"]
-        if done.any():
+        assert ("episode" in info) == ("episode_stats" in info)  # no key collision: both where a copy ended
+        if "episode" in info:
+            done = info["_episode"]
+            np.testing.assert_array_equal(info["_episode_stats"], done)
             ended += int(done.sum())
-            np.testing.assert_allclose(info["episode"]["r"][done], info["gym_episode"]["r"][done])
-            np.testing.assert_array_equal(info["episode"]["l"][done], info["gym_episode"]["l"][done])
+            np.testing.assert_allclose(info["episode_stats"]["r"][done], info["episode"]["r"][done])
+            np.testing.assert_array_equal(info["episode_stats"]["l"][done], info["episode"]["l"][done])
     assert ended > 0

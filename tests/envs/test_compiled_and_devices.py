@@ -34,8 +34,8 @@ def rollout(env: envs.TorchVecEnv, steps: int, seed: int = 0) -> list[tuple[torc
     gen = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(steps):
-        obs, rew, term, trunc, info = env.step(random_actions(env, gen).to(env.device))
-        out.append((obs.cpu(), rew.cpu(), term.cpu(), trunc.cpu(), info["episode"]["l"].cpu()))
+        obs, rew, term, trunc, _ = env.step(random_actions(env, gen).to(env.device))
+        out.append((obs.cpu(), rew.cpu(), term.cpu(), trunc.cpu(), env._episode_length.cpu().clone()))
     return out
 
 

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium.vector import AutoresetMode
 from stable_baselines3 import PPO
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecCheckNan, VecNormalize
@@ -92,9 +93,21 @@ def test_sb3_wrappers_and_seeding() -> None:
     assert venv.env_is_wrapped(Monitor) == [True] * 4
 
 
-def test_requires_same_step_autoreset() -> None:
-    with pytest.raises(ValueError, match="same_step"):
-        envs.SB3VecEnv(envs.make("CartPole-v1", num_envs=2))
+def test_a_next_step_env_is_switched_to_same_step_and_others_are_refused() -> None:
+    env = envs.make("CartPole-v1", num_envs=2)  # Gymnasium's default, next-step
+    venv = envs.SB3VecEnv(env)
+    assert env.autoreset_mode == AutoresetMode.SAME_STEP and venv.mode == AutoresetMode.SAME_STEP
+    venv.reset()
+    ends = 0
+    for _ in range(60):
+        _, _, dones, infos = venv.step(np.zeros(2, dtype=np.int64))  # always left: ends in ~10 steps
+        for i in np.flatnonzero(dones):
+            ends += 1
+            assert "terminal_observation" in infos[i] and abs(infos[i]["terminal_observation"][2]) > 0.2
+    assert ends >= 4
+    sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
+    with pytest.raises(ValueError, match="SAME_STEP"):
+        envs.SB3VecEnv(sync)
     with pytest.raises(TypeError, match="TorchVecEnv"):
         envs.SB3VecEnv(gym.make("CartPole-v1"))  # type: ignore[arg-type]
 
