@@ -194,9 +194,7 @@ def closure_step(
         if kl is not None and optimizer.param_groups[0].get("max_kl") is None:
             kl = None  # no trust region asked for: the KL function is not needed
         if optimizer_spec(optimizer).needs_value:
-            if value is None:
-                raise ValueError("closure_step with PolyakPG needs value=J_hat, the current return estimate")
-            loss = optimizer.step(closure, value=value)
+            loss = optimizer.step(closure, value=value, kl=kl)  # value=None: the closure returns -J_hat itself
         else:
             loss = optimizer.step(closure, kl=kl)
         assert loss is not None

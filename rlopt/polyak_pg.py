@@ -9,8 +9,8 @@ from torch import Tensor
 
 from rlopt.directions import SGDDirection
 from rlopt.optimizer import ParamsT, StepSizeOptimizer
-from rlopt.rules.policy_polyak import PolicyPolyakRule
-from rlopt.validation import check_at_least, check_finite, check_positive
+from rlopt.rules.policy_polyak import PolicyPolyakRule, PolicyPolyakSearchRule
+from rlopt.validation import check_at_least, check_finite, check_int, check_open, check_positive
 
 __all__ = ["PolyakPG"]
 
@@ -19,7 +19,8 @@ class PolyakPG(StepSizeOptimizer):
     r"""Polyak step for maximising a return ``J`` whose estimate the caller supplies each step.
 
     The gradient is that of the loss being *minimised* (``-J`` surrogate, e.g. the REINFORCE/GPOMDP loss),
-    and ``value`` is the current return estimate ``J_hat`` on the same trajectories:
+    and ``value`` is the current return estimate ``J_hat`` on the same trajectories (``value=None``: the loss
+    is ``-J_hat`` itself, an estimate of minus the return at the current parameters):
 
         eta = min( max(J* - J_hat, 0) / (c * ||g||^2), max_lr ),
 
@@ -33,6 +34,14 @@ class PolyakPG(StepSizeOptimizer):
         j_star: the optimal return if known (e.g. 500 for CartPole-v1); None to estimate online.
         margin: relative margin of the online estimate, ``J* = best + margin * max(|best|, 1)``.
         momentum: heavy-ball coefficient applied after the step.
+        search: take the capped Polyak step as the first trial of a monotone Armijo search on the loss,
+            ``f(w - eta d) <= f(w) - search_c * eta * ||g||^2``, backtracking ``eta <- beta * eta`` on the same
+            batch (needs a closure).
+        search_c: sufficient-decrease constant of that test, ``0 < search_c < 1``.
+        beta: backtracking factor, ``0 < beta < 1``.
+        max_backtracks: trials rejected before the search gives up (then no step is taken).
+        max_kl: a trust region (implies ``search``): with ``step(closure, kl=fn)`` a trial is accepted only if it
+            also satisfies ``fn() <= max_kl`` (TRPO's backtracking, with the Polyak step as the first trial).
 
     Example:
         >>> import torch, rlopt
@@ -55,10 +64,19 @@ class PolyakPG(StepSizeOptimizer):
         margin: float = 0.1,
         *,
         momentum: float = 0.0,
+        search: bool = False,
+        search_c: float = 0.1,
+        beta: float = 0.5,
+        max_backtracks: int = 30,
+        max_kl: float | None = None,
     ) -> None:
-        defaults = dict(c=c, max_lr=max_lr, j_star=j_star, margin=margin, momentum=momentum)
+        if not isinstance(search, bool):
+            raise TypeError(f"Invalid search: {search!r}, expected a bool")
+        search = search or max_kl is not None
+        defaults = dict(c=c, max_lr=max_lr, j_star=j_star, margin=margin, momentum=momentum, search_c=search_c,
+                        beta=beta, max_backtracks=max_backtracks, max_kl=max_kl)
         self._validate_group(defaults)
-        super().__init__(params, defaults, PolicyPolyakRule(), SGDDirection())
+        super().__init__(params, defaults, PolicyPolyakSearchRule() if search else PolicyPolyakRule(), SGDDirection())
 
     @classmethod
     def _validate_group(cls, group: dict[str, Any]) -> None:
@@ -68,6 +86,10 @@ class PolyakPG(StepSizeOptimizer):
             check_finite("j_star", group["j_star"])
         check_positive("margin", group["margin"])
         check_at_least("momentum", group["momentum"], 0.0)
+        check_open("search_c", group["search_c"], 0.0, 1.0)
+        check_open("beta", group["beta"], 0.0, 1.0)
+        check_int("max_backtracks", group["max_backtracks"], 0)
+        check_positive("max_kl", group["max_kl"], allow_none=True)
         if group["momentum"] >= 1.0:
             raise ValueError(f"Invalid momentum: {group['momentum']!r}, expected 0 <= momentum < 1")
 
@@ -77,10 +99,13 @@ class PolyakPG(StepSizeOptimizer):
         *,
         loss: Tensor | float | None = None,
         value: float | None = None,
+        kl: Callable[[], Tensor] | None = None,
     ) -> Tensor | None:
-        """One step; ``value`` (the current return estimate ``J_hat``) is required."""
-        if value is None:
-            raise ValueError("PolyakPG.step needs value=J_hat, the current return estimate (a float)")
-        out = super().step(closure, loss=loss, value=float(value))
+        """One step with ``value = J_hat``, the current return estimate.
+
+        ``value=None`` takes the loss as ``-J_hat``: the closure (or ``loss``) must then return minus a return
+        estimate at the current parameters, in the units of ``J*`` (as the agents' Polyak closures do).
+        """
+        out = super().step(closure, loss=loss, value=None if value is None else float(value), kl=kl)
         self.stats["target"] = self.rule_state["target"]
         return out

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
 from rlopt.agents.common.base import OnPolicyAgent
+from rlopt.agents.ppo import loss as loss_terms
 
 
 class A2C(OnPolicyAgent):
@@ -15,12 +17,19 @@ class A2C(OnPolicyAgent):
     transitions, minimizing
 
     .. math::
-        L = -\mathbb{E}[A_t \log \pi(a_t|s_t)] - c_{ent}\, \mathbb{E}[H(\pi(\cdot|s_t))]
-            + c_{vf}\, \mathbb{E}[(V(s_t) - R_t)^2]
+        L = -\mathbb{E}[\rho_t A_t] - c_{ent}\, \mathbb{E}[H(\pi(\cdot|s_t))]
+            + c_{vf}\, \mathbb{E}[(V(s_t) - R_t)^2],
+        \qquad \rho_t = \pi(a_t|s_t) / \pi_{old}(a_t|s_t),
 
-    with GAE advantages (``gae_lambda=1`` gives n-step returns). The loss is a closure over the batch, so a
-    line search (``"sls"``, ``"ponos"``) re-evaluates it at trial steps; with ``"polyak"`` the policy loss
-    takes the Polyak step (``J_hat`` = ``rollout/ep_rew_mean``) and the critic an Adam step.
+    with GAE advantages (``gae_lambda=1`` gives n-step returns). At the rollout's policy (``rho = 1``) the
+    gradient is the classic :math:`-\mathbb{E}[A_t \nabla \log \pi(a_t|s_t)]`, so Adam and SGD take A2C's
+    steps; the importance-ratio form is for the rules that read the loss's *value*. A line search
+    (``"sls"``, ``"ponos"``) re-evaluates the closure at trial steps, and the log-likelihood loss
+    :math:`-\mathbb{E}[A_t \log\pi]` is unbounded below (a negative-advantage action's
+    :math:`\log\pi \to -\infty`): its Armijo test accepts steps that make the policy deterministic, which
+    collapsed every line search on CartPole. The ratio surrogate is the first-order estimate of the change
+    of the return (TRPO's), bounded below for discrete actions. With ``"polyak"`` the policy loss takes the
+    Polyak step in the return's units (:meth:`_polyak_closure`) and the critic an Adam step.
 
     Example:
         >>> from rlopt import agents
@@ -60,19 +69,21 @@ class A2C(OnPolicyAgent):
         batch = self.rollout_buffer.flatten()
         policy = self.policy
         adv = batch.advantages
+        adv_scale = 1.0
         if self.normalize_advantage and len(adv) > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            adv_scale = float(adv.std()) + 1e-8
+            adv = (adv - adv.mean()) / adv_scale
         first: dict[str, torch.Tensor] = {}
 
         def policy_loss() -> torch.Tensor:
             log_prob, entropy = policy.log_prob_and_entropy(batch.observations, batch.actions)
-            pg_loss = -(adv * log_prob).mean()
+            log_ratio = log_prob - batch.log_probs
+            pg_loss = -(adv * torch.exp(log_ratio)).mean()
             ent = entropy.mean()
             if torch.is_grad_enabled() and "pg" not in first:
                 first["pg"], first["entropy"] = pg_loss.detach(), ent.detach()
                 with torch.no_grad():
-                    log_ratio = batch.log_probs - log_prob
-                    first["approx_kl"] = ((log_ratio.exp() - 1.0) - log_ratio).mean()
+                    first["approx_kl"] = loss_terms.approx_kl(log_ratio)
             return pg_loss - self.ent_coef * ent
 
         def value_loss() -> torch.Tensor:
@@ -81,7 +92,11 @@ class A2C(OnPolicyAgent):
                 first["value"] = loss.detach()
             return loss
 
-        loss = self._step_losses(policy_loss, value_loss)
+        step_loss: Callable[[], torch.Tensor] = policy_loss
+        if self._polyak:
+            self._polyak_update_target()
+            step_loss = self._polyak_closure(policy_loss, first, adv, adv_scale)
+        loss = self._step_losses(step_loss, value_loss)
         stats: dict[str, list[float]] = {}
         self._record_step_stats(stats)
         self._log_train(

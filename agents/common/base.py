@@ -39,6 +39,7 @@ from rlopt.agents.common.optim import (
 )
 from rlopt.agents.common.policies import ActorCriticPolicy, check_spaces
 from rlopt.agents.common.serialization import safe_custom_objects
+from rlopt.rules.policy_polyak import return_target
 from rlopt.validation import check_at_least, check_closed, check_int
 
 SelfOnPolicyAgent = TypeVar("SelfOnPolicyAgent", bound="OnPolicyAgent")
@@ -266,7 +267,7 @@ class OnPolicyAgent(BaseAlgorithm):
         self.critic_optimizer: torch.optim.Optimizer | None = None
         if self._polyak or self.separate_critic or not self.uses_critic:
             self.optimizer = build_optimizer(
-                self.optimizer_name, actor_params, self.optimizer_kwargs, self.lr_schedule(1.0)
+                self.optimizer_name, actor_params, self._policy_optimizer_kwargs(), self.lr_schedule(1.0)
             )
             if critic_params:
                 # the Polyak policy-gradient step is a rule for the return, not for a regression loss
@@ -282,6 +283,22 @@ class OnPolicyAgent(BaseAlgorithm):
             )
         if self.env is not None:
             self._build_buffer()
+
+    def _policy_optimizer_kwargs(self) -> dict[str, Any]:
+        """``optimizer_kwargs`` with the agents' default for the Polyak policy-gradient step: ``search=True``.
+
+        A policy surrogate is a model of the return that holds only near the rollout's policy, and the
+        Polyak step extrapolates it linearly to the return target: on PPO's clipped surrogate it exceeded
+        the cap on every minibatch of a CartPole run (so the rule was SGD at ``max_lr``), and that run
+        collapsed from 125 to 9. The Armijo test on the same surrogate keeps the step where the model
+        still improves (:class:`rlopt.PolyakPG` with ``search=True``). ``optimizer_kwargs={"search": False}``
+        restores the evaluation-free rule.
+        """
+        kwargs = dict(self.optimizer_kwargs)
+        spec = rlopt.optimizer_spec(self.optimizer_name)
+        if isinstance(spec.cls, type) and issubclass(spec.cls, rlopt.PolyakPG):
+            kwargs.setdefault("search", True)
+        return kwargs
 
     def _build_buffer(self) -> None:
         assert self.env is not None
@@ -500,18 +517,20 @@ class OnPolicyAgent(BaseAlgorithm):
         policy_loss: Callable[[], torch.Tensor],
         value_loss: Callable[[], torch.Tensor] | None,
         kl: Callable[[], torch.Tensor] | None = None,
+        value: float | None = None,
     ) -> torch.Tensor:
         """Take one optimizer step on the current minibatch and return the loss at the current iterate.
 
         ``policy_loss`` (entropy bonus included) and ``value_loss`` are closures over the minibatch: they
         may be evaluated again at trial points by a line search. Normally one optimizer minimizes
         ``policy_loss + vf_coef * value_loss``; under the Polyak policy-gradient step the policy takes the
-        Polyak step on ``policy_loss`` with ``value = J_hat`` and the critic takes an Adam step. ``kl`` (the
-        policy's divergence from the rollout's on the minibatch) reaches a line search built with ``max_kl``.
+        Polyak step on ``policy_loss`` with ``value = J_hat`` (``None``: ``policy_loss`` is ``-J_hat``, see
+        :meth:`_polyak_closure`) and the critic takes an Adam step. ``kl`` (the policy's divergence from the
+        rollout's on the minibatch) reaches a line search built with ``max_kl``.
         """
         if value_loss is None:
             return rlopt.closure_step(self.optimizer, policy_loss, max_grad_norm=self.max_grad_norm,
-                                      value=self._polyak_value(), kl=kl)
+                                      value=value, kl=kl)
         if self.critic_optimizer is None:
             vf_coef = self.vf_coef
 
@@ -519,8 +538,7 @@ class OnPolicyAgent(BaseAlgorithm):
                 return policy_loss() + vf_coef * value_loss()
 
             return rlopt.closure_step(self.optimizer, closure, max_grad_norm=self.max_grad_norm, kl=kl)
-        loss = rlopt.closure_step(self.optimizer, policy_loss, max_grad_norm=self.max_grad_norm,
-                                  value=self._polyak_value(), kl=kl)
+        loss = rlopt.closure_step(self.optimizer, policy_loss, max_grad_norm=self.max_grad_norm, value=value, kl=kl)
         vloss = rlopt.closure_step(self.critic_optimizer, value_loss, max_grad_norm=self.max_grad_norm)
         return loss.detach() + self.vf_coef * vloss.detach()
 
@@ -533,8 +551,64 @@ class OnPolicyAgent(BaseAlgorithm):
         if torch_optimizers:
             self._update_learning_rate(torch_optimizers)
 
-    def _polyak_value(self) -> float | None:
-        return self._return_estimate if self._polyak else None
+    def _polyak_update_target(self) -> None:
+        """Once per update under ``"polyak"``: the return target ``J*`` and the mean episode length.
+
+        ``J*`` is ``optimizer_kwargs["j_star"]`` if given, else :class:`rlopt.PolyakPG`'s online estimate (the
+        best ``J_hat`` of the updates so far plus its margin), from the measured returns only.
+        """
+        self._polyak_best = max(getattr(self, "_polyak_best", float("-inf")), self._return_estimate)
+        if self.optimizer_kwargs.get("j_star") is not None:
+            self._polyak_target = float(self.optimizer_kwargs["j_star"])
+        else:
+            margin = self.optimizer.param_groups[0]["margin"]
+            self._polyak_target = return_target({"margin": margin}, self._polyak_best)
+        lengths = [ep["l"] for ep in self.ep_info_buffer or ()]
+        # before any episode ended: the rollout's length, at most the discount's horizon
+        horizon = float(self.n_steps) if self.gamma >= 1.0 else min(float(self.n_steps), 1.0 / (1.0 - self.gamma))
+        self._polyak_horizon = float(np.mean(lengths)) if lengths else horizon
+
+    def _polyak_closure(
+        self,
+        policy_loss: Callable[[], torch.Tensor],
+        first: dict[str, torch.Tensor],
+        advantages: torch.Tensor,
+        advantage_scale: float,
+        supremum: torch.Tensor | None = None,
+    ) -> Callable[[], torch.Tensor]:
+        r"""The policy loss of an actor-critic update as :class:`rlopt.PolyakPG` needs it: ``-J_hat``.
+
+        ``policy_loss`` is a ratio surrogate :math:`-\frac1n\sum_t f(\rho_t) A_t` (PPO's clipped one, A2C's
+        :math:`\rho_t A_t`) minus ``ent_coef`` times the entropy, with advantages ``A`` that are GAE's divided
+        by ``advantage_scale`` (their standard deviation when normalised, else 1). By the performance-difference
+        lemma the return of the policy :math:`\theta'` is, to first order,
+
+        .. math::
+            \hat J(\theta') = \hat J + T \sigma \big(L(\theta_{old}) - L(\theta')\big),
+
+        with :math:`\hat J` the measured return (``rollout/ep_rew_mean``), :math:`T` the mean episode length
+        (one episode's sum over steps from the per-step mean) and :math:`\sigma` = ``advantage_scale`` (back
+        to the return's units). The returned closure is :math:`-\hat J(\theta')` (the entropy term enters the
+        gradient, not the value at the iterate), so the Polyak step ``(J* - J_hat) / (c ||grad J_hat||^2)``
+        compares quantities in one unit, and ``J_hat`` follows the iterate through the epochs of an update:
+        the gap shrinks as the surrogate improves, instead of every minibatch step aiming at the whole gap.
+        ``supremum`` (the surrogate objective's largest value, PPO's clip bound) caps ``J*`` at the return the
+        surrogate can certify, ``J_hat + T sigma (sup - (-L(theta_old)))``.
+        """
+        scale = self._polyak_horizon * advantage_scale
+        at_rollout = -float(advantages.mean())  # the ratio surrogate's loss at rho = 1
+        j_hat, target = self._return_estimate, self._polyak_target
+        if supremum is not None:
+            target = min(target, j_hat + scale * (float(supremum) + at_rollout))
+        for group in self.optimizer.param_groups:
+            group["j_star"] = target / scale
+        ent_coef = self.ent_coef
+
+        def closure() -> torch.Tensor:
+            loss = policy_loss()  # records first["entropy"], the entropy at the iterate, on its first call
+            return -j_hat / scale + (loss + ent_coef * first["entropy"] - at_rollout)
+
+        return closure
 
     def _record_step_stats(self, stats: dict[str, list[float]]) -> None:
         step_size, backtracks, forward_calls = rlopt.step_stats(self.optimizer)
@@ -558,7 +632,7 @@ class OnPolicyAgent(BaseAlgorithm):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         if self._polyak:
             self.logger.record("train/return_estimate", self._return_estimate)
-            target = getattr(self.optimizer, "stats", {}).get("target")
+            target = getattr(self, "_polyak_target", getattr(self.optimizer, "stats", {}).get("target"))
             if target is not None:
                 self.logger.record("train/return_target", float(target))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -26,8 +27,10 @@ class PPO(OnPolicyAgent):
     with :math:`\rho_t = \pi(a_t|s_t)/\pi_{old}(a_t|s_t)`, GAE advantages normalized per minibatch, and
     ``R_t`` the GAE value target. The minibatch loss is a closure, so line searches (``"sls"``,
     ``"ponos"``) evaluate it at trial points; with ``"polyak"`` the clipped surrogate (with entropy bonus)
-    takes the Polyak step :class:`rlopt.PolyakPG` with ``J_hat`` = ``rollout/ep_rew_mean`` and the value
-    loss is fitted by Adam.
+    takes the Polyak step :class:`rlopt.PolyakPG` in the return's units: the surrogate is turned into an
+    estimate of the return at the current parameters, ``rollout/ep_rew_mean`` plus the mean episode length
+    times the advantages' scale times the surrogate's improvement (:meth:`_polyak_closure`), and ``J*`` is
+    capped at what the clipped surrogate can certify; the value loss is fitted by Adam.
 
     When the policy loss has an optimizer of its own (``separate_critic``) whose rule takes a lower bound
     ``f_star`` (PoNoS's Polyak first trial, SPS), each minibatch sets it to the infimum of the clipped
@@ -115,6 +118,22 @@ class PPO(OnPolicyAgent):
             bound = bound - self.ent_coef * math.log(int(self.action_space.n))
         return float(bound)
 
+    def _policy_step_loss(
+        self, policy_loss: Callable[[], torch.Tensor], first: dict[str, torch.Tensor], adv: torch.Tensor,
+        adv_scale: float,
+    ) -> Callable[[], torch.Tensor]:
+        """The minibatch's policy closure as the policy's rule needs it: with ``f_star`` set to the surrogate's
+        infimum for a rule that takes one, or in the return's units, ``J*`` capped by the clip's bound, under
+        ``"polyak"`` (:meth:`_polyak_closure`)."""
+        if self._polyak:
+            sup = -loss_terms.surrogate_infimum(adv, self.clip_range)
+            return self._polyak_closure(policy_loss, first, adv, adv_scale, sup)
+        f_star = self._policy_lower_bound(adv)
+        if f_star is not None:
+            for group in self.optimizer.param_groups:
+                group["f_star"] = f_star
+        return policy_loss
+
     def train(self) -> None:
         """``n_epochs`` passes of clipped-surrogate minibatch steps over the rollout."""
         batch = self.rollout_buffer.flatten()
@@ -123,12 +142,16 @@ class PPO(OnPolicyAgent):
         stats: dict[str, list[float]] = {}
         tensors: dict[str, list[torch.Tensor]] = {}
         stop = False
+        if self._polyak:
+            self._polyak_update_target()
         for _ in range(self.n_epochs):
             for idx in self._minibatches(batch, self.batch_size):
                 mb = batch.index(idx)
                 adv = mb.advantages
+                adv_scale = torch.ones(())
                 if self.normalize_advantage and len(adv) > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                    adv_scale = adv.std() + 1e-8
+                    adv = (adv - adv.mean()) / adv_scale
                 # statistics of the current iterate come from the first (differentiable) evaluation;
                 # a line search evaluates the closures again at trial points under no_grad
                 first: dict[str, torch.Tensor] = {}
@@ -157,15 +180,12 @@ class PPO(OnPolicyAgent):
                     if loss_terms.kl_stop(loss_terms.approx_kl(log_prob - mb.log_probs), self.target_kl):
                         stop = True
                         break
-                f_star = self._policy_lower_bound(adv)
-                if f_star is not None:
-                    for group in self.optimizer.param_groups:
-                        group["f_star"] = f_star
                 def kl(mb: Any = mb) -> torch.Tensor:  # TRPO's constraint, for a line search with max_kl
                     log_prob, _ = policy.log_prob_and_entropy(mb.observations, mb.actions)
                     return loss_terms.approx_kl(log_prob - mb.log_probs)
 
-                loss = self._step_losses(policy_loss, value_loss, kl)
+                step_loss = self._policy_step_loss(policy_loss, first, adv, float(adv_scale))
+                loss = self._step_losses(step_loss, value_loss, kl)
                 self._record_step_stats(stats)
                 tensors.setdefault("loss", []).append(loss.detach())
                 tensors.setdefault("policy_gradient_loss", []).append(first["pg"])

@@ -180,7 +180,7 @@ class REINFORCE(OnPolicyAgent):
                 first["pg"], first["entropy"] = pg_loss.detach(), ent.detach()
             return pg_loss - self.ent_coef * ent
 
-        loss = self._step_losses(policy_loss, None)
+        loss = self._step_losses(policy_loss, None, value=j_hat if self._polyak else None)
         stats: dict[str, list[float]] = {}
         self._record_step_stats(stats)
         self.logger.record("train/discounted_return", self._return_estimate)

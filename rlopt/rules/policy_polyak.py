@@ -16,6 +16,10 @@ positive: at a new best return the step is ``margin * max(|B_k|, 1) / (c ||g||^2
 step, and below the best it grows with the gap. The paper instead trains two policies and uses the better
 one's return as the worse one's target (a twin model); that needs two agents and is not expressible inside
 one optimizer. The cap ``max_lr`` guards against the tiny gradients of near-deterministic policies.
+
+``J_hat_k`` is the caller's ``value``; without one the loss itself is taken as ``-J_hat_k`` (a closure that
+returns minus a return estimate at the iterate, in the units of ``J*``, such as an importance-weighted
+surrogate around the rollout's policy: its value then follows the iterate through the steps of one update).
 """
 
 from __future__ import annotations
@@ -40,14 +44,28 @@ class PolicyPolyakRule(StepSizeRule):
         return {"best_value": float("-inf"), "target": float("nan")}
 
     def propose(self, hp: dict[str, Any], state: RuleState, info: StepInfo) -> Proposal:
-        if info.value is None:
-            raise ValueError("PolyakPG needs the current return estimate: call step(..., value=J_hat)")
-        best = max(state["best_value"], info.value)
-        gap = return_target(hp, best) - info.value
+        j_hat = return_estimate(info)
+        best = max(state["best_value"], j_hat)
+        gap = return_target(hp, best) - j_hat
         eta = polyak_step(gap, float(hp["c"]), info.slope)
         return Proposal(min(eta, float(hp["max_lr"])))
 
     def update(self, hp: dict[str, Any], state: RuleState, info: StepInfo, result: SearchResult) -> None:
-        assert info.value is not None
-        state["best_value"] = max(state["best_value"], info.value)
+        state["best_value"] = max(state["best_value"], return_estimate(info))
         state["target"] = return_target(hp, state["best_value"])
+
+
+def return_estimate(info: StepInfo) -> float:
+    """``J_hat`` at the iterate: the caller's ``value``, or else minus the loss (a loss that *is* ``-J_hat``)."""
+    return info.value if info.value is not None else -info.loss
+
+
+class PolicyPolyakSearchRule(PolicyPolyakRule):
+    """The capped Polyak step as the first trial of a monotone Armijo search on the loss
+    (``hp["search_c"]``, ``hp["beta"]``); with ``max_kl`` a trial must also stay in the trust region."""
+
+    needs_closure = True
+
+    def propose(self, hp: dict[str, Any], state: RuleState, info: StepInfo) -> Proposal:
+        first = super().propose(hp, state, info).step_size
+        return Proposal(first, reference=info.loss, c=float(hp["search_c"]), shrink=float(hp["beta"]))

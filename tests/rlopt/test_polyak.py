@@ -133,11 +133,22 @@ def test_polyak_pg_online_target_keeps_numerator_positive() -> None:
         assert state["target"] == pytest.approx(target)
 
 
-def test_polyak_pg_requires_value_and_skips_non_finite() -> None:
+def test_polyak_pg_without_value_takes_the_loss_as_minus_the_return() -> None:
+    rewards = torch.tensor([1.0, 0.2, 0.0], dtype=torch.float64)
+    thetas = [torch.nn.Parameter(torch.tensor([0.3, -0.1, 0.2], dtype=torch.float64)) for _ in range(2)]
+    opts = [rlopt.PolyakPG([t], c=0.5, max_lr=100.0) for t in thetas]  # online target: the best tracks J_hat too
+    for _ in range(5):
+        j = (thetas[0].softmax(0) @ rewards).item()
+        opts[0].step(lambda: -(thetas[0].softmax(0) @ rewards), value=j)
+        opts[1].step(lambda: -(thetas[1].softmax(0) @ rewards))  # the loss is -J_hat: no value needed
+        torch.testing.assert_close(thetas[0], thetas[1], rtol=0, atol=0)
+        assert opts[0].stats["target"] == opts[1].stats["target"]
+    assert opts[1].stats["step_size"] > 0
+
+
+def test_polyak_pg_skips_non_finite() -> None:
     w = torch.nn.Parameter(torch.ones(2))
     opt = rlopt.PolyakPG([w])
-    with pytest.raises(ValueError, match="value"):
-        opt.step(lambda: w.sum())
     with pytest.warns(RuntimeWarning, match="non-finite"):
         opt.step(lambda: w.sum(), value=math.nan)
     assert opt.stats["skipped"] == 1
