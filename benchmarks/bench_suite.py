@@ -24,10 +24,11 @@ def main(argv: list[str]) -> int:
              round(r["score"], 2), f"{r['collapsed']}/{r['seeds']}", suite._verdict(r["meets_target"])]
             for r in summary["rows"]]
     seeds = 1 if args.quick else args.seeds
+    subset = "" if set(args.envs) == set(suite.ENVS) else "_".join(e.split("-")[0].lower() for e in args.envs)
     report.save(
-        "agents_suite" + ("_quick" if args.quick else ""), package="agents",
+        "agents_suite" + ("_quick" if args.quick else "") + (f"_{subset}" if subset else ""), package="agents",
         title="The tuning-free suite: every step-size rule at its defaults against tuned Adam"
-        + (" (quick subset)" if args.quick else ""),
+        + (" (quick subset)" if args.quick else "") + (f" on {', '.join(args.envs)} only" if subset else ""),
         protocol=suite.__doc__.split("Protocol, per (algorithm, env, rule, seed):")[1].split("Each run writes")[0]
         .strip() + f" Seeds: {seeds}. Targets: normalized final >= 0.9 of tuned Adam's (median over seeds) and no "
         "collapse (a seed whose best normalized score is >= 0.5 ends at >= 0.8 of it). Random-policy returns: "

@@ -525,13 +525,20 @@ def test_tuned_builds_the_agent_with_the_yaml_settings_for_the_env_and_optimizer
     assert untuned.tuned_timesteps is None and untuned.n_epochs == 4
 
 
-@pytest.mark.filterwarnings("ignore:SLS.*max_kl:RuntimeWarning")  # at the region's edge no step is taken
-def test_a_line_search_with_max_kl_keeps_every_ppo_step_in_the_trust_region() -> None:
+@pytest.mark.filterwarnings("ignore:(SLS|PolyakPG).*max_kl:RuntimeWarning")  # at the region's edge no step is taken
+@pytest.mark.parametrize(("algo", "rule"), [("PPO", "sls"), ("A2C", "sls"), ("PPO", "polyak"), ("A2C", "polyak")])
+def test_a_line_search_with_max_kl_keeps_every_policy_step_in_the_trust_region(algo: str, rule: str) -> None:
     """With optimizer_kwargs={"max_kl": d} each accepted policy step has approx KL(rollout || new) <= d on its
     minibatch, checked after the step by evaluating the KL the optimizer was given."""
     bound = 2e-3
-    model = agents.PPO("MlpPolicy", "CartPole-v1", optimizer="sls", optimizer_kwargs={"max_kl": bound, "lr": 10.0},
-                       n_envs=4, n_steps=64, batch_size=64, n_epochs=4, seed=0)
+    large = {"lr": 10.0} if rule == "sls" else {"max_lr": 10.0}
+    if algo == "PPO":
+        model: Any = agents.PPO("MlpPolicy", "CartPole-v1", optimizer=rule,
+                                optimizer_kwargs={"max_kl": bound, **large}, n_envs=4, n_steps=64, batch_size=64,
+                                n_epochs=4, seed=0)
+    else:
+        model = agents.A2C("MlpPolicy", "CartPole-v1", optimizer=rule, optimizer_kwargs={"max_kl": bound, **large},
+                           n_envs=4, n_steps=8, seed=0)
     seen: list[tuple[float, float]] = []
     step = model.optimizer.step
 
@@ -541,10 +548,10 @@ def test_a_line_search_with_max_kl_keeps_every_ppo_step_in_the_trust_region() ->
             seen.append((model.optimizer.stats["step_size"], float(kwargs["kl"]())))
         return out
 
-    model.optimizer.step = checked  # type: ignore[method-assign]
+    model.optimizer.step = checked
     model.learn(512)
     taken = [kl for eta, kl in seen if eta > 0]
-    assert len(seen) == 2 * 4 * 4 and taken  # 2 updates x 4 epochs x 4 minibatches
+    assert len(seen) == (2 * 4 * 4 if algo == "PPO" else 16) and taken  # PPO: 2 updates x 4 epochs x 4 minibatches
     assert max(taken) <= bound * (1 + 1e-6)
     assert any(kl > bound / 4 for kl in taken)  # the bound was active, not trivially met
 
