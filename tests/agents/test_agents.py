@@ -596,3 +596,15 @@ def test_sb3_callbacks_that_read_the_step_locals_and_dump_logs_work() -> None:
     assert seen["dones"].dtype == np.bool_ and seen["dones"].shape == (4,)
     assert seen["rewards"].shape == (4,) and seen["new_obs"].shape == (4, 4)
     assert len(seen["infos"]) == 4 and all("TimeLimit.truncated" in info for info in seen["infos"])
+
+
+@pytest.mark.parametrize("rule", ["sls", "ponos", "polyak", "sps", "adam"])
+def test_a2c_policy_line_searches_keep_a_trust_region_by_default(rule: str) -> None:
+    model = agents.A2C("MlpPolicy", "CartPole-v1", optimizer=rule, n_envs=2, n_steps=4, seed=0)
+    searches = rule in ("sls", "ponos")
+    assert model.optimizer.param_groups[0].get("max_kl") == (agents.A2C.DEFAULT_MAX_KL if searches else None)
+    if searches:  # the critic's regression has no such region, and None turns the policy's off
+        assert model.critic_optimizer is not None and model.critic_optimizer.param_groups[0].get("max_kl") is None
+        off = agents.A2C("MlpPolicy", "CartPole-v1", optimizer=rule, optimizer_kwargs={"max_kl": None}, n_envs=2,
+                         n_steps=4, seed=0)
+        assert off.optimizer.param_groups[0]["max_kl"] is None
