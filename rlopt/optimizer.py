@@ -35,6 +35,11 @@ from rlopt.closure import Closure, RngSnapshot, RunningStatsGuard
 from rlopt.directions import Direction, DirectionStep, squared_norm
 from rlopt.rules.base import Proposal, RuleState, SearchResult, StepInfo, StepSizeRule, armijo_backtracking
 
+#: a search whose first trial exceeds this moves every trial from a copy of the parameters (see ``_backtrack``)
+_EXACT_TRIALS_ABOVE = 100.0
+#: the largest step size taken or tried (finite in float32, so a trial can always be evaluated and rejected)
+_LARGEST_STEP = 1e30
+
 __all__ = ["StepSizeOptimizer"]
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
@@ -309,6 +314,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         envelope = hp.get("envelope")
         if envelope is not None:
             eta0 = min(eta0, float(envelope(k)))
+        eta0 = min(eta0, _LARGEST_STEP)  # a Polyak step over a vanishing gradient can exceed what float32 holds
 
         if slope <= 0.0 or eta0 <= 0.0:
             result = SearchResult(0.0, 0, accepted=False, searched=False)
@@ -337,9 +343,17 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         assert proposal.reference is not None
         max_backtracks = int(hp["max_backtracks"])
         moved = [0.0]  # the step the parameters are at now: each trial moves them by the difference
+        # Moving by differences is exact to rounding for moderate steps; a huge first trial (a Polyak step
+        # over a tiny gradient) would swamp the parameters' digits (w + a d - a d != w in floating point), so
+        # from there on every trial and the final restore start from a copy of w.
+        origin = [p.detach().clone() for p in params] if eta0 > _EXACT_TRIALS_ABOVE else None
 
         def phi(eta: float) -> float:
-            torch._foreach_add_(params, ds.direction, alpha=moved[0] - eta)
+            if origin is None:
+                torch._foreach_add_(params, ds.direction, alpha=moved[0] - eta)
+            else:
+                torch._foreach_copy_(params, origin)
+                torch._foreach_add_(params, ds.direction, alpha=-eta)
             moved[0] = eta
             snapshot.restore()
             self.stats["forward_calls"] += 1
@@ -364,7 +378,10 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             result, accepted_loss = armijo_backtracking(phi, eta0, proposal.reference, proposal.c * slope,
                                                         proposal.shrink, max_backtracks, feasible)
             if not result.accepted:
-                torch._foreach_add_(params, ds.direction, alpha=moved[0])
+                if origin is None:
+                    torch._foreach_add_(params, ds.direction, alpha=moved[0])
+                else:
+                    torch._foreach_copy_(params, origin)
         if result.accepted:
             self.stats["accepted_loss"] = accepted_loss
         else:

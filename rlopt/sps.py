@@ -44,6 +44,8 @@ class SPS(StepSizeOptimizer):
         search_c: sufficient-decrease constant of that test, ``0 < search_c < 1``.
         beta: backtracking factor of that test, ``0 < beta < 1``.
         max_backtracks: trials rejected before the search gives up (no step is taken).
+        max_kl: with ``search=True``, a trust region for policy losses: with ``step(closure, kl=fn)`` a trial is
+            accepted only if it also satisfies ``fn() <= max_kl`` (TRPO's backtracking).
 
     Example:
         >>> import torch, rlopt
@@ -71,14 +73,18 @@ class SPS(StepSizeOptimizer):
         search_c: float = 0.1,
         beta: float = 0.5,
         max_backtracks: int = 100,
+        max_kl: float | None = None,
     ) -> None:
         if not isinstance(search, bool):
             raise TypeError(f"Invalid search: {search!r}, expected a bool")
         if search and mode != "max":
             raise ValueError(f"Invalid mode: {mode!r} with search=True, expected 'max' (DecSPS has no search)")
+        if max_kl is not None and not search:
+            raise ValueError(f"Invalid max_kl: {max_kl!r} without search=True, expected None (the trust region is a "
+                             "condition of the search)")
         defaults = dict(c=c, f_star=f_star, max_lr=max_lr, mode=mode, precondition=precondition,
                         envelope=envelope, momentum=momentum, beta2=beta2, eps=eps, search_c=search_c,
-                        beta=beta, max_backtracks=max_backtracks)
+                        beta=beta, max_backtracks=max_backtracks, max_kl=max_kl)
         self._validate_group(defaults)
         rule = PolyakSearchRule() if search else PolyakRule()
         super().__init__(params, defaults, rule, make_direction(precondition))
@@ -92,4 +98,5 @@ class SPS(StepSizeOptimizer):
         check_open("search_c", group["search_c"], 0.0, 1.0)
         check_open("beta", group["beta"], 0.0, 1.0)
         check_int("max_backtracks", group["max_backtracks"], 0)
+        check_positive("max_kl", group.get("max_kl"), allow_none=True)
         check_direction_options(group)

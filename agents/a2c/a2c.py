@@ -44,6 +44,8 @@ class A2C(OnPolicyAgent):
     algorithm_name: ClassVar[str] = "A2C"
     #: the trust region of A2C's policy line searches (TRPO's default radius): see :meth:`_policy_optimizer_kwargs`
     DEFAULT_MAX_KL: ClassVar[float] = 0.01
+    #: ``f_star`` of the policy's rule: the least surrogate loss with every ratio moved by at most this much
+    BOUND_RATIO_CHANGE: ClassVar[float] = 0.2
 
     def __init__(
         self,
@@ -69,8 +71,8 @@ class A2C(OnPolicyAgent):
         )
 
     def _policy_optimizer_kwargs(self) -> dict[str, Any]:
-        """The policy's line searches (``"sls"``, ``"adasls"``, ``"ponos"``) get ``max_kl=0.01`` unless
-        ``optimizer_kwargs`` sets ``max_kl`` (``None`` turns it off).
+        """The policy's line searches (``"sls"``, ``"adasls"``, ``"ponos"``, and ``"sps"``'s search) get
+        ``max_kl=0.01`` unless ``optimizer_kwargs`` sets ``max_kl`` (``None`` turns it off).
 
         A2C's one step per rollout has no clip to keep the policy near the one that collected the batch, and
         an Armijo test on the ratio surrogate accepts any step along which the surrogate keeps decreasing:
@@ -80,7 +82,8 @@ class A2C(OnPolicyAgent):
         """
         kwargs = super()._policy_optimizer_kwargs()
         spec = rlopt.optimizer_spec(self.optimizer_name)
-        if spec.line_search and "max_kl" not in kwargs and "max_kl" in inspect.signature(spec.cls).parameters:
+        searches = spec.line_search or (issubclass(spec.cls, rlopt.SPS) and bool(kwargs.get("search")))
+        if searches and "max_kl" not in kwargs and "max_kl" in inspect.signature(spec.cls).parameters:
             kwargs["max_kl"] = self.DEFAULT_MAX_KL
         return kwargs
 
@@ -113,6 +116,7 @@ class A2C(OnPolicyAgent):
             return loss
 
         step_loss: Callable[[], torch.Tensor] = policy_loss
+        self._set_policy_lower_bound(adv, self.BOUND_RATIO_CHANGE)  # SPS/PoNoS's f_star
         if self._polyak:
             self._polyak_update_target()
             step_loss = self._polyak_closure(policy_loss, first, adv, adv_scale)

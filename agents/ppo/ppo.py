@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
-from gymnasium import spaces
 
 from rlopt.agents.common.base import OnPolicyAgent
 from rlopt.agents.ppo import loss as loss_terms
@@ -105,19 +103,6 @@ class PPO(OnPolicyAgent):
         (:func:`rlopt.agents.ppo.loss.surrogate_infimum`)."""
         return loss_terms.surrogate_infimum(advantages, clip_range)
 
-    def _policy_lower_bound(self, advantages: torch.Tensor) -> float | None:
-        """``f_star`` for the policy's own optimizer on this minibatch, or None where none applies."""
-        if self.critic_optimizer is None or self._polyak or "f_star" in self.optimizer_kwargs:
-            return None
-        if "f_star" not in self.optimizer.param_groups[0]:
-            return None
-        bound = self.surrogate_infimum(advantages, self.clip_range)
-        if self.ent_coef > 0:
-            if not isinstance(self.action_space, spaces.Discrete):
-                return None  # a Gaussian's entropy is unbounded: no finite bound
-            bound = bound - self.ent_coef * math.log(int(self.action_space.n))
-        return float(bound)
-
     def _policy_step_loss(
         self, policy_loss: Callable[[], torch.Tensor], first: dict[str, torch.Tensor], adv: torch.Tensor,
         adv_scale: float,
@@ -128,10 +113,7 @@ class PPO(OnPolicyAgent):
         if self._polyak:
             sup = -loss_terms.surrogate_infimum(adv, self.clip_range)
             return self._polyak_closure(policy_loss, first, adv, adv_scale, sup)
-        f_star = self._policy_lower_bound(adv)
-        if f_star is not None:
-            for group in self.optimizer.param_groups:
-                group["f_star"] = f_star
+        self._set_policy_lower_bound(adv, self.clip_range)
         return policy_loss
 
     def train(self) -> None:

@@ -352,11 +352,13 @@ def test_training_stays_on_the_device(algo: str, device: torch.device) -> None:
     assert all(p.device.type == device.type for p in model.policy.parameters())
 
 
-@pytest.mark.parametrize(("optimizer", "separate"), [("adam", False), ("sps", False), ("sls", True), ("ponos", True)])
+@pytest.mark.parametrize(("optimizer", "separate"), [("adam", False), ("sps", True), ("sls", True), ("ponos", True)])
 def test_line_searches_step_policy_and_critic_separately(optimizer: str, separate: bool, tmp_path: Path) -> None:
     model = _make("PPO", optimizer=optimizer)
     assert model.separate_critic is separate
     assert (model.critic_optimizer is not None) is separate
+    if optimizer == "sps":  # the policy's Polyak step is checked by Armijo, the critic's regression is not
+        assert model.optimizer.rule.needs_closure and not model.critic_optimizer.rule.needs_closure
     if separate:
         assert type(model.critic_optimizer) is type(model.optimizer)
         actor = {id(p) for g in model.optimizer.param_groups for p in g["params"]}
@@ -601,7 +603,7 @@ def test_sb3_callbacks_that_read_the_step_locals_and_dump_logs_work() -> None:
 @pytest.mark.parametrize("rule", ["sls", "ponos", "polyak", "sps", "adam"])
 def test_a2c_policy_line_searches_keep_a_trust_region_by_default(rule: str) -> None:
     model = agents.A2C("MlpPolicy", "CartPole-v1", optimizer=rule, n_envs=2, n_steps=4, seed=0)
-    searches = rule in ("sls", "ponos")
+    searches = rule in ("sls", "ponos", "sps")  # sps: the agents search by default
     assert model.optimizer.param_groups[0].get("max_kl") == (agents.A2C.DEFAULT_MAX_KL if searches else None)
     if searches:  # the critic's regression has no such region, and None turns the policy's off
         assert model.critic_optimizer is not None and model.critic_optimizer.param_groups[0].get("max_kl") is None

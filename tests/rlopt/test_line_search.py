@@ -286,3 +286,20 @@ def test_kl_and_max_kl_come_together() -> None:
         rlopt.SLS([w]).step(lambda: (w**2).sum(), kl=lambda: w.sum())
     with pytest.raises(ValueError, match="Invalid max_kl"):
         rlopt.SLS([w], max_kl=0.0)
+
+
+@pytest.mark.parametrize("slope", [1e-18, 1e-21])  # Polyak steps of about 1e35 and (beyond float32) 1e41
+def test_a_rejected_huge_first_trial_leaves_the_parameters_exact(slope: float) -> None:
+    """A Polyak first trial over a vanishing gradient is rejected and backtracked from; a search that then
+    accepts nothing leaves the parameters bit for bit where they were."""
+    w = torch.nn.Parameter(torch.tensor([0.123456789, -2.5, 3.0e-3]))
+    start = w.detach().clone()
+    opt = rlopt.SPS([w], search=True, max_backtracks=5)  # f_star 0, no cap: eta = f / (c ||g||^2)
+
+    def loss() -> torch.Tensor:  # gradient 1e-18 at the start: the Polyak step is astronomically large
+        return 1.0 + slope * w.sum() + (w - start).square().sum()
+
+    with pytest.warns(RuntimeWarning, match="no step was taken"):
+        opt.step(loss)
+    assert opt.stats["failures"] == 1 and opt.stats["step_size"] == 0.0
+    torch.testing.assert_close(w.detach(), start, rtol=0, atol=0)
