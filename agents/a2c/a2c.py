@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
-import rlopt
 from rlopt.agents.common.base import OnPolicyAgent
 from rlopt.agents.ppo import loss as loss_terms
 
@@ -42,8 +40,12 @@ class A2C(OnPolicyAgent):
     """
 
     algorithm_name: ClassVar[str] = "A2C"
-    #: the trust region of A2C's policy line searches (TRPO's default radius): see :meth:`_policy_optimizer_kwargs`
-    DEFAULT_MAX_KL: ClassVar[float] = 0.01
+    #: the trust region of A2C's policy line searches (TRPO's default radius). A2C's one step per rollout has no
+    #: clip to keep the policy near the one that collected the batch, and an Armijo test on the ratio surrogate
+    #: accepts any step along which the surrogate keeps decreasing: on CartPole-v1 (3 seeds, 300k steps) SLS
+    #: ended at 126/110/428 and PoNoS at 9/9/172 after reaching up to 500; with the bound at 500/490/493 and
+    #: 500/500/500. PolyakPG keeps its Armijo check alone (with the bound 500/129/226, without 500/228/499).
+    DEFAULT_MAX_KL: ClassVar[float | None] = 0.01
     #: ``f_star`` of the policy's rule: the least surrogate loss with every ratio moved by at most this much
     BOUND_RATIO_CHANGE: ClassVar[float] = 0.2
 
@@ -69,23 +71,6 @@ class A2C(OnPolicyAgent):
             n_envs=n_envs, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda, ent_coef=ent_coef,
             vf_coef=vf_coef, max_grad_norm=max_grad_norm, normalize_advantage=normalize_advantage, **kwargs,
         )
-
-    def _policy_optimizer_kwargs(self) -> dict[str, Any]:
-        """The policy's line searches (``"sls"``, ``"adasls"``, ``"ponos"``, and ``"sps"``'s search) get
-        ``max_kl=0.01`` unless ``optimizer_kwargs`` sets ``max_kl`` (``None`` turns it off).
-
-        A2C's one step per rollout has no clip to keep the policy near the one that collected the batch, and
-        an Armijo test on the ratio surrogate accepts any step along which the surrogate keeps decreasing:
-        on CartPole-v1 (3 seeds, 300k steps) SLS ended at 126/110/428 and PoNoS at 9/9/172 after reaching up
-        to 500. With the KL bound of TRPO (radius 0.01) both ended at 500 on every seed. ``"polyak"`` keeps its
-        Armijo check alone: with the bound it ended at 500/129/226, without it at 500/228/499.
-        """
-        kwargs = super()._policy_optimizer_kwargs()
-        spec = rlopt.optimizer_spec(self.optimizer_name)
-        searches = spec.line_search or (issubclass(spec.cls, rlopt.SPS) and bool(kwargs.get("search")))
-        if searches and "max_kl" not in kwargs and "max_kl" in inspect.signature(spec.cls).parameters:
-            kwargs["max_kl"] = self.DEFAULT_MAX_KL
-        return kwargs
 
     def train(self) -> None:
         """One step on the policy-gradient, value and entropy losses of the whole rollout."""

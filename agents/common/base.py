@@ -12,6 +12,7 @@ Because the class is an SB3 ``BaseAlgorithm``, SB3's ``evaluate_policy``, callba
 
 from __future__ import annotations
 
+import inspect
 import math
 import pathlib
 import sys
@@ -139,6 +140,9 @@ class OnPolicyAgent(BaseAlgorithm):
     uses_critic: ClassVar[bool] = True
     #: the algorithm's name in error messages
     algorithm_name: ClassVar[str] = "OnPolicyAgent"
+    #: ``max_kl`` of the policy's line searches unless ``optimizer_kwargs`` sets one (see
+    #: :meth:`_policy_optimizer_kwargs`); None: no trust region (PPO: its clip keeps the policy near)
+    DEFAULT_MAX_KL: ClassVar[float | None] = None
 
     def __init__(
         self,
@@ -299,12 +303,20 @@ class OnPolicyAgent(BaseAlgorithm):
         which no step inside the surrogate's region of validity reaches: with a separate critic and no search
         PPO on CartPole-v1 ended at 9/25/14 (3 seeds), with the search at 500/500/498.
         ``optimizer_kwargs={"search": False}`` restores the evaluation-free rules.
+
+        An agent whose update has no clip (A2C, REINFORCE) also gives its policy's searches (SLS, AdaSLS,
+        PoNoS, SPS's search) the trust region ``max_kl=DEFAULT_MAX_KL`` unless ``optimizer_kwargs`` sets
+        ``max_kl`` (``None`` turns it off).
         """
         kwargs = dict(self.optimizer_kwargs)
-        cls = rlopt.optimizer_spec(self.optimizer_name).cls
-        polyak_type = isinstance(cls, type) and (issubclass(cls, rlopt.PolyakPG) or issubclass(cls, rlopt.SPS))
-        if polyak_type and kwargs.get("mode", "max") == "max":
+        spec = rlopt.optimizer_spec(self.optimizer_name)
+        cls = spec.cls if isinstance(spec.cls, type) else type(None)
+        if (issubclass(cls, rlopt.PolyakPG) or issubclass(cls, rlopt.SPS)) and kwargs.get("mode", "max") == "max":
             kwargs.setdefault("search", True)
+        # the agent's trust region for its policy's searches (not PolyakPG's: its Armijo check serves alone)
+        searches = spec.line_search or (issubclass(cls, rlopt.SPS) and bool(kwargs.get("search")))
+        if self.DEFAULT_MAX_KL is not None and searches and "max_kl" in inspect.signature(cls).parameters:
+            kwargs.setdefault("max_kl", self.DEFAULT_MAX_KL)
         return kwargs
 
     def _build_buffer(self) -> None:
@@ -616,9 +628,11 @@ class OnPolicyAgent(BaseAlgorithm):
 
         with :math:`\hat J` the measured return (``rollout/ep_rew_mean``), :math:`T` the mean episode length
         (one episode's sum over steps from the per-step mean) and :math:`\sigma` = ``advantage_scale`` (back
-        to the return's units). The returned closure is :math:`-\hat J(\theta')` (the entropy term enters the
-        gradient, not the value at the iterate), so the Polyak step ``(J* - J_hat) / (c ||grad J_hat||^2)``
-        compares quantities in one unit, and ``J_hat`` follows the iterate through the epochs of an update:
+        to the return's units). The returned closure is :math:`-\hat J(\theta') / (T \sigma)` and the
+        optimizer's ``j_star`` is :math:`J^* / (T \sigma)`: minus the return estimate in the surrogate's own
+        units (so ``max_lr`` still caps steps on the surrogate; the entropy term enters the gradient, not the
+        value at the iterate). The Polyak step ``(J* - J_hat) / (c ||grad J_hat||^2)`` then compares
+        quantities in one unit, and ``J_hat`` follows the iterate through the epochs of an update:
         the gap shrinks as the surrogate improves, instead of every minibatch step aiming at the whole gap.
         ``supremum`` (the surrogate objective's largest value, PPO's clip bound) caps ``J*`` at the return the
         surrogate can certify, ``J_hat + T sigma (sup - (-L(theta_old)))``.

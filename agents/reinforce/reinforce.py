@@ -10,6 +10,7 @@ import torch
 import rlopt
 from rlopt.agents.common.base import OnPolicyAgent
 from rlopt.agents.common.buffer import compute_gae
+from rlopt.agents.ppo.loss import approx_kl
 from rlopt.rules.policy_polyak import return_target
 
 ESTIMATORS = ("reinforce", "gpomdp")
@@ -69,6 +70,8 @@ class REINFORCE(OnPolicyAgent):
     """
 
     algorithm_name: ClassVar[str] = "REINFORCE"
+    #: one step per rollout and no clip: the policy's line searches keep TRPO's trust region, as A2C's
+    DEFAULT_MAX_KL: ClassVar[float | None] = 0.01
     uses_critic: ClassVar[bool] = False
 
     def __init__(
@@ -180,7 +183,11 @@ class REINFORCE(OnPolicyAgent):
                 first["pg"], first["entropy"] = pg_loss.detach(), ent.detach()
             return pg_loss - self.ent_coef * ent
 
-        loss = self._step_losses(policy_loss, None, value=j_hat if self._polyak else None)
+        def kl() -> torch.Tensor:  # TRPO's constraint, for a line search built with max_kl
+            log_prob, _ = policy.log_prob_and_entropy(obs, actions)
+            return approx_kl(log_prob - first["log_prob"])
+
+        loss = self._step_losses(policy_loss, None, kl, value=j_hat if self._polyak else None)
         stats: dict[str, list[float]] = {}
         self._record_step_stats(stats)
         self.logger.record("train/discounted_return", self._return_estimate)

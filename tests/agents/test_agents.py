@@ -528,7 +528,8 @@ def test_tuned_builds_the_agent_with_the_yaml_settings_for_the_env_and_optimizer
 
 
 @pytest.mark.filterwarnings("ignore:(SLS|PolyakPG).*max_kl:RuntimeWarning")  # at the region's edge no step is taken
-@pytest.mark.parametrize(("algo", "rule"), [("PPO", "sls"), ("A2C", "sls"), ("PPO", "polyak"), ("A2C", "polyak")])
+@pytest.mark.parametrize(("algo", "rule"), [("PPO", "sls"), ("A2C", "sls"), ("PPO", "polyak"), ("A2C", "polyak"),
+                                           ("REINFORCE", "sls")])
 def test_a_line_search_with_max_kl_keeps_every_policy_step_in_the_trust_region(algo: str, rule: str) -> None:
     """With optimizer_kwargs={"max_kl": d} each accepted policy step has approx KL(rollout || new) <= d on its
     minibatch, checked after the step by evaluating the KL the optimizer was given."""
@@ -538,9 +539,12 @@ def test_a_line_search_with_max_kl_keeps_every_policy_step_in_the_trust_region(a
         model: Any = agents.PPO("MlpPolicy", "CartPole-v1", optimizer=rule,
                                 optimizer_kwargs={"max_kl": bound, **large}, n_envs=4, n_steps=64, batch_size=64,
                                 n_epochs=4, seed=0)
-    else:
+    elif algo == "A2C":
         model = agents.A2C("MlpPolicy", "CartPole-v1", optimizer=rule, optimizer_kwargs={"max_kl": bound, **large},
                            n_envs=4, n_steps=8, seed=0)
+    else:
+        model = agents.REINFORCE("MlpPolicy", "CartPole-v1", optimizer=rule,
+                                 optimizer_kwargs={"max_kl": bound, **large}, n_envs=4, n_steps=64, seed=0)
     seen: list[tuple[float, float]] = []
     step = model.optimizer.step
 
@@ -553,7 +557,8 @@ def test_a_line_search_with_max_kl_keeps_every_policy_step_in_the_trust_region(a
     model.optimizer.step = checked
     model.learn(512)
     taken = [kl for eta, kl in seen if eta > 0]
-    assert len(seen) == (2 * 4 * 4 if algo == "PPO" else 16) and taken  # PPO: 2 updates x 4 epochs x 4 minibatches
+    # PPO: 2 updates x 4 epochs x 4 minibatches; A2C: 16 updates; REINFORCE: 2 updates
+    assert len(seen) == {"PPO": 2 * 4 * 4, "A2C": 16, "REINFORCE": 2}[algo] and taken
     assert max(taken) <= bound * (1 + 1e-6)
     assert any(kl > bound / 4 for kl in taken)  # the bound was active, not trivially met
 
@@ -600,13 +605,16 @@ def test_sb3_callbacks_that_read_the_step_locals_and_dump_logs_work() -> None:
     assert len(seen["infos"]) == 4 and all("TimeLimit.truncated" in info for info in seen["infos"])
 
 
+@pytest.mark.parametrize("algo", ["A2C", "REINFORCE", "PPO"])
 @pytest.mark.parametrize("rule", ["sls", "ponos", "polyak", "sps", "adam"])
-def test_a2c_policy_line_searches_keep_a_trust_region_by_default(rule: str) -> None:
-    model = agents.A2C("MlpPolicy", "CartPole-v1", optimizer=rule, n_envs=2, n_steps=4, seed=0)
-    searches = rule in ("sls", "ponos", "sps")  # sps: the agents search by default
-    assert model.optimizer.param_groups[0].get("max_kl") == (agents.A2C.DEFAULT_MAX_KL if searches else None)
+def test_policy_line_searches_without_a_clip_keep_a_trust_region_by_default(algo: str, rule: str) -> None:
+    cls = getattr(agents, algo)
+    model = cls("MlpPolicy", "CartPole-v1", optimizer=rule, n_envs=2, n_steps=4, seed=0,
+                **({"batch_size": 8} if algo == "PPO" else {}))
+    searches = rule in ("sls", "ponos", "sps") and algo != "PPO"  # sps: the agents search by default
+    assert model.optimizer.param_groups[0].get("max_kl") == (cls.DEFAULT_MAX_KL if searches else None)
     if searches:  # the critic's regression has no such region, and None turns the policy's off
-        assert model.critic_optimizer is not None and model.critic_optimizer.param_groups[0].get("max_kl") is None
-        off = agents.A2C("MlpPolicy", "CartPole-v1", optimizer=rule, optimizer_kwargs={"max_kl": None}, n_envs=2,
-                         n_steps=4, seed=0)
+        assert model.critic_optimizer is None or model.critic_optimizer.param_groups[0].get("max_kl") is None
+        off = cls("MlpPolicy", "CartPole-v1", optimizer=rule, optimizer_kwargs={"max_kl": None}, n_envs=2,
+                  n_steps=4, seed=0)
         assert off.optimizer.param_groups[0]["max_kl"] is None

@@ -31,7 +31,7 @@ def test_loss_value_is_minus_return_and_gradient_is_gpomdp() -> None:
         captured["w"], captured["usable"], captured["returns"] = out
         return out
 
-    def record_step(policy_loss: Any, value_loss: Any, value: Any = None) -> Any:
+    def record_step(policy_loss: Any, value_loss: Any, kl: Any = None, value: Any = None) -> Any:
         with torch.enable_grad():
             loss = policy_loss()
         captured["loss"], captured["grads"] = loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
