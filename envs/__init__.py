@@ -2,7 +2,8 @@
 
 ``rlopt.envs.make(env_id, num_envs, device, seed)`` gives a `TorchVecEnv` (a ``gymnasium.vector.VectorEnv``)
 for CartPole-v1, Acrobot-v1, MountainCar-v0, MountainCarContinuous-v0 and Pendulum-v1, step for step
-identical to Gymnasium's; `SB3VecEnv` adapts one to stable-baselines3; `check_env` checks the contract.
+identical to Gymnasium's; `SB3VecEnv` adapts one to stable-baselines3; `SingleEnv` is one copy behind
+Gymnasium's single-env API; `check_env` checks the contract.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rlopt.envs.classic import AcrobotEnv, CartPoleEnv, MountainCarContinuousEnv, MountainCarEnv, PendulumEnv
 from rlopt.envs.core import TorchVecEnv
 from rlopt.envs.registry import GYMNASIUM_NAMESPACE, make, register_gymnasium_envs, registered_ids
+from rlopt.envs.single import SingleEnv
 
 if TYPE_CHECKING:
     from rlopt.envs.checker import check_env
@@ -25,6 +27,7 @@ __all__ = [
     "MountainCarEnv",
     "PendulumEnv",
     "SB3VecEnv",
+    "SingleEnv",
     "TorchVecEnv",
     "check_env",
     "make",

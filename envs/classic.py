@@ -370,6 +370,10 @@ class PendulumEnv(TorchVecEnv):
         th, thdot = state.unbind(0)
         return torch.stack((torch.cos(th), torch.sin(th), thdot), dim=1).to(torch.float32)
 
+    def _prepare_renderer(self, renderer: Any, action: np.ndarray | None) -> None:
+        # Gymnasium draws the clipped torque of the last step (None before the first)
+        renderer.last_u = None if action is None else float(np.clip(action[0], -self.max_torque, self.max_torque))
+
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
         theta = -math.pi + (math.pi - -math.pi) * uniform[0]
         theta_dot = -1.0 + (1.0 - -1.0) * uniform[1]

@@ -19,6 +19,7 @@ reset count, not on what the other copies do.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
@@ -48,6 +50,20 @@ AUTORESET_MODES: dict[str, AutoresetMode] = {
     "same_step": AutoresetMode.SAME_STEP,
     "disabled": AutoresetMode.DISABLED,
 }
+
+
+#: render modes of the batched envs (drawn by Gymnasium's env of the same id)
+RENDER_MODES = ("rgb_array",)
+
+
+@functools.cache
+def _reference_metadata(env_id: str) -> dict[str, Any]:
+    """The metadata of Gymnasium's env class for ``env_id`` (its ``render_fps``), without building one."""
+    if not env_id:
+        return {"render_fps": None}
+    entry = gym.spec(env_id).entry_point
+    creator = load_env_creator(entry) if isinstance(entry, str) else entry
+    return {"render_fps": None, **getattr(creator, "metadata", {})}
 
 
 def declared_autoreset_mode(env: VectorEnv) -> AutoresetMode:
@@ -175,7 +191,10 @@ class TorchVecEnv(VectorEnv):
         validate_actions: bool | None = None,
         threads: int | None = None,
         dense_info: bool | None = None,
+        render_mode: str | None = None,
     ) -> None:
+        if render_mode not in (None, *RENDER_MODES):
+            raise ValueError(f"Invalid render_mode: {render_mode!r}, expected None or one of {list(RENDER_MODES)}")
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"Invalid num_envs: {num_envs!r}, expected an int >= 1")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -202,7 +221,9 @@ class TorchVecEnv(VectorEnv):
         self.dtype = dtype
         self.max_episode_steps = max_episode_steps
         self.autoreset_mode = parse_autoreset_mode(autoreset_mode)
-        self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
+        self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode,
+                         "render_modes": list(RENDER_MODES),
+                         "render_fps": _reference_metadata(self.env_id)["render_fps"]}
         self.validate_actions = self.device.type == "cpu" if validate_actions is None else validate_actions
         self.dense_info = self.device.type != "cpu" if dense_info is None else bool(dense_info)
         # each env its own spaces: the class-level ones are shared, and a caller writing into one env's bounds
@@ -211,7 +232,9 @@ class TorchVecEnv(VectorEnv):
         self.single_action_space = copy.deepcopy(type(self).single_action_space)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self.render_mode = None
+        self.render_mode = render_mode
+        self._renderer: Any = None  # Gymnasium's env of the same id, drawing one copy's state at a time
+        self._last_actions: torch.Tensor | None = None  # kept for drawing when render_mode is set
         space = self.single_action_space
         self._action_shape = torch.Size((num_envs, *(space.shape or ())))
         self._action_range: tuple[int, int] | None = None
@@ -603,6 +626,8 @@ class TorchVecEnv(VectorEnv):
         if self._needs_reset:
             raise RuntimeError(f"{self.env_id}: call reset() before step()")
         actions = self._check_actions(actions)
+        if self.render_mode is not None:
+            self._last_actions = actions
         threads = torch.get_num_threads()
         if self._threads is not None and self._threads != threads:
             # By default small batches run on one thread: ATen splits even 4096 sines across the intra-op
@@ -670,8 +695,34 @@ class TorchVecEnv(VectorEnv):
             )
         return actions.to(self._action_dtype).contiguous()
 
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        """With ``render_mode="rgb_array"``: one RGB frame ``(H, W, 3)`` uint8 per copy, as Gymnasium's vector
+        envs return them, drawn by Gymnasium's own env of the same id from each copy's state (and, for
+        Pendulum, its last torque). ``None`` without a render mode (Gymnasium warns then too).
+        """
+        if self.render_mode is None:
+            gym.logger.warn(f"{self.env_id}: render() was called without a render_mode; build the env with "
+                            f"render_mode='rgb_array'")
+            return None
+        if self._renderer is None:
+            self._renderer = gym.make(self.env_id, render_mode=self.render_mode).unwrapped
+        states = self.state.to("cpu", torch.float64).numpy()
+        actions = None if self._last_actions is None else self._last_actions.to("cpu", torch.float64).numpy()
+        frames = []
+        for i in range(self.num_envs):
+            self._renderer.state = states[i].copy()
+            self._prepare_renderer(self._renderer, None if actions is None else actions[i])
+            frames.append(self._renderer.render())
+        return tuple(frames)
+
+    def _prepare_renderer(self, renderer: Any, action: np.ndarray | None) -> None:
+        """Set what Gymnasium's renderer draws beyond ``state`` (Pendulum: the last torque)."""
+
     def close_extras(self, **kwargs: Any) -> None:
-        """Nothing to release: the copies are tensors."""
+        """Close the renderer, if one was opened (the copies themselves are tensors)."""
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
 
     @property
     def observation_dtype(self) -> torch.dtype:

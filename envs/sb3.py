@@ -191,5 +191,7 @@ class SB3VecEnv(VecEnv):
         return [wrapped for _ in self._get_indices(indices)]
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        """No rendering: the copies have no frames."""
-        return [None for _ in range(self.num_envs)]
+        """One RGB frame per copy when the env was built with ``render_mode="rgb_array"`` (``VecEnv.render``
+        tiles them), else ``None`` per copy."""
+        frames: Sequence[np.ndarray] | None = self.env.render() if self.env.render_mode == "rgb_array" else None  # type: ignore[assignment]
+        return list(frames) if frames is not None else [None for _ in range(self.num_envs)]

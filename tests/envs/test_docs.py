@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["rlopt.envs.core", "rlopt.envs.classic", "rlopt.envs.registry", "rlopt.envs.checker", "rlopt.envs.sb3"]
+MODULES = ["rlopt.envs.core", "rlopt.envs.classic", "rlopt.envs.registry", "rlopt.envs.checker", "rlopt.envs.sb3",
+           "rlopt.envs.single"]
 
 
 @pytest.mark.parametrize("name", MODULES)
