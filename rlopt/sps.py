@@ -44,7 +44,7 @@ class SPS(StepSizeOptimizer):
         search_c: sufficient-decrease constant of that test, ``0 < search_c < 1``.
         beta: backtracking factor of that test, ``0 < beta < 1``.
         max_backtracks: trials rejected before the search gives up (no step is taken).
-        max_kl: with ``search=True``, a trust region for policy losses: with ``step(closure, kl=fn)`` a trial is
+        max_kl: a trust region for policy losses (implies ``search``): with ``step(closure, kl=fn)`` a trial is
             accepted only if it also satisfies ``fn() <= max_kl`` (TRPO's backtracking).
 
     Example:
@@ -77,11 +77,10 @@ class SPS(StepSizeOptimizer):
     ) -> None:
         if not isinstance(search, bool):
             raise TypeError(f"Invalid search: {search!r}, expected a bool")
+        search = search or max_kl is not None  # the trust region is a condition of the search
         if search and mode != "max":
-            raise ValueError(f"Invalid mode: {mode!r} with search=True, expected 'max' (DecSPS has no search)")
-        if max_kl is not None and not search:
-            raise ValueError(f"Invalid max_kl: {max_kl!r} without search=True, expected None (the trust region is a "
-                             "condition of the search)")
+            raise ValueError(f"Invalid mode: {mode!r} with search=True or max_kl, expected 'max' (DecSPS has no "
+                             "search)")
         defaults = dict(c=c, f_star=f_star, max_lr=max_lr, mode=mode, precondition=precondition,
                         envelope=envelope, momentum=momentum, beta2=beta2, eps=eps, search_c=search_c,
                         beta=beta, max_backtracks=max_backtracks, max_kl=max_kl)

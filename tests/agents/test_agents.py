@@ -527,14 +527,14 @@ def test_tuned_builds_the_agent_with_the_yaml_settings_for_the_env_and_optimizer
     assert untuned.tuned_timesteps is None and untuned.n_epochs == 4
 
 
-@pytest.mark.filterwarnings("ignore:(SLS|PolyakPG).*max_kl:RuntimeWarning")  # at the region's edge no step is taken
+@pytest.mark.filterwarnings("ignore:(SLS|PolyakPG|SPS).*max_kl:RuntimeWarning")  # at the region's edge no step is taken
 @pytest.mark.parametrize(("algo", "rule"), [("PPO", "sls"), ("A2C", "sls"), ("PPO", "polyak"), ("A2C", "polyak"),
-                                           ("REINFORCE", "sls")])
+                                           ("REINFORCE", "sls"), ("A2C", "sps")])
 def test_a_line_search_with_max_kl_keeps_every_policy_step_in_the_trust_region(algo: str, rule: str) -> None:
     """With optimizer_kwargs={"max_kl": d} each accepted policy step has approx KL(rollout || new) <= d on its
     minibatch, checked after the step by evaluating the KL the optimizer was given."""
     bound = 2e-3
-    large = {"lr": 10.0} if rule == "sls" else {"max_lr": 10.0}
+    large = {"lr": 10.0} if rule == "sls" else {"max_lr": 10.0}  # steps that would leave the region
     if algo == "PPO":
         model: Any = agents.PPO("MlpPolicy", "CartPole-v1", optimizer=rule,
                                 optimizer_kwargs={"max_kl": bound, **large}, n_envs=4, n_steps=64, batch_size=64,
