@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -102,6 +103,10 @@ class PPO(OnPolicyAgent):
         """The infimum over all ratios of the clipped-surrogate loss on a minibatch
         (:func:`rlopt.agents.ppo.loss.surrogate_infimum`)."""
         return loss_terms.surrogate_infimum(advantages, clip_range)
+
+    def _minibatches_per_pass(self) -> int:
+        n_envs = getattr(self, "n_envs", None) or 1
+        return max(1, math.ceil(self.n_steps * n_envs / self.batch_size))
 
     def _policy_step_loss(
         self, policy_loss: Callable[[], torch.Tensor], first: dict[str, torch.Tensor], adv: torch.Tensor,

@@ -618,3 +618,17 @@ def test_policy_line_searches_without_a_clip_keep_a_trust_region_by_default(algo
         off = cls("MlpPolicy", "CartPole-v1", optimizer=rule, optimizer_kwargs={"max_kl": None}, n_envs=2,
                   n_steps=4, seed=0)
         assert off.optimizer.param_groups[0]["max_kl"] is None
+
+
+@pytest.mark.parametrize(("algo", "kwargs", "passes"), [
+    ("PPO", {"n_envs": 4, "n_steps": 32, "batch_size": 32}, 4),
+    ("PPO", {"n_envs": 4, "n_steps": 30, "batch_size": 64}, 2),  # 120 samples: a minibatch of 64 and one of 56
+    ("A2C", {"n_envs": 4, "n_steps": 8}, 500), ("REINFORCE", {"n_envs": 4, "n_steps": 64}, 500)])  # SLS's own
+def test_sls_counts_an_epoch_as_one_pass_over_the_rollout(algo: str, kwargs: dict, passes: int) -> None:
+    model = getattr(agents, algo)("MlpPolicy", "CartPole-v1", optimizer="sls", seed=0, **kwargs)
+    assert model.optimizer.param_groups[0]["n_batches_per_epoch"] == passes
+    if model.critic_optimizer is not None:
+        assert model.critic_optimizer.param_groups[0]["n_batches_per_epoch"] == passes
+    mine = getattr(agents, algo)("MlpPolicy", "CartPole-v1", optimizer="sls", seed=0,
+                                 optimizer_kwargs={"n_batches_per_epoch": 500}, **kwargs)
+    assert mine.optimizer.param_groups[0]["n_batches_per_epoch"] == 500  # the caller's choice stands
