@@ -42,6 +42,18 @@ _LARGEST_STEP = 1e30
 
 __all__ = ["StepSizeOptimizer"]
 
+
+def _resolve_process_group(process_group: Any) -> Any:
+    """``"world"`` (the default): torch.distributed's world group when a process group is initialized, else
+    None; None: no reduction (each process decides alone); a process group: that group."""
+    if isinstance(process_group, str):
+        if process_group != "world":
+            raise ValueError(f"Invalid process_group: {process_group!r}, expected 'world', None or a ProcessGroup")
+        import torch.distributed as dist
+
+        return dist.group.WORLD if dist.is_available() and dist.is_initialized() else None
+    return process_group
+
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
 
@@ -69,9 +81,11 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         defaults: dict[str, Any],
         rule: StepSizeRule,
         direction: Direction,
+        process_group: Any = "world",
     ) -> None:
         self.rule = rule
         self.direction = direction
+        self._process_group = _resolve_process_group(process_group)
         super().__init__(params, defaults)
         self.rule_state: RuleState = rule.init_state(self.param_groups[0])
         self.stats: dict[str, float] = {
@@ -142,30 +156,46 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         """All-reduce seam: average the step's scalars across data-parallel ranks.
 
         ``values`` holds the quantities every decision is made from (minibatch losses, ``||g||^2``,
-        ``g^T d``). A single process returns them unchanged; a data-parallel subclass all-reduces them
-        (mean) so every rank takes the same step.
+        ``g^T d``, a caller's ``value``). A single process returns them unchanged; with a process group they
+        are averaged over its ranks in one collective, so every rank takes the same step. Under DDP the
+        gradients are already averaged, so ``||g||^2`` and ``g^T d`` agree on every rank and only the losses
+        differ (each rank's minibatch); their mean is the loss of the union of equal-sized minibatches.
         """
-        return values
+        group = getattr(self, "_process_group", None)
+        if group is None:
+            return values
+        import torch.distributed as dist
+
+        values = values.detach().to(torch.float64).clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM, group=group)
+        return values / dist.get_world_size(group)
+
+    def _reduces(self) -> bool:
+        """Whether the step's scalars go through :meth:`_reduce` (a process group, or a subclass's own)."""
+        return getattr(self, "_process_group", None) is not None or type(self)._reduce is not StepSizeOptimizer._reduce
 
     def _scalar(self, value: Tensor) -> float:
-        """A loss value as a float, all-reduced when :meth:`_reduce` is overridden (one op otherwise)."""
-        if type(self)._reduce is StepSizeOptimizer._reduce:
+        """A loss value as a float, all-reduced when the optimizer reduces (one op otherwise)."""
+        if not self._reduces():
             return float(value)
         return float(self._reduce(value.detach().to(torch.float64).reshape(1))[0])
 
-    def _loss_and_grad_sq(self, loss: Tensor, grads: list[Tensor]) -> tuple[float, float]:
-        """The minibatch loss and ``||g||^2`` as floats, all-reduced when :meth:`_reduce` is overridden.
+    def _loss_and_grad_sq(
+        self, loss: Tensor, grads: list[Tensor], value: float | None = None
+    ) -> tuple[float, float, float | None]:
+        """The minibatch loss, ``||g||^2`` and the caller's ``value`` as floats, all-reduced (one collective) when
+        the optimizer reduces: ``value`` comes from this rank's data too, so the ranks' mean is used.
 
         This read-out runs on every step, and on small models each kernel and host synchronisation costs as
         much as the arithmetic: on one process the per-tensor norms and the loss go to the host in a single
         stacked read-out and are squared and summed there in float64.
         """
         loss = loss.detach().reshape(())
-        if type(self)._reduce is not StepSizeOptimizer._reduce or not grads:
-            grad_sq_t = squared_norm(grads)
-            scalars = torch.stack([loss.to(grad_sq_t.device, torch.float64), grad_sq_t])
-            loss_v, grad_sq = self._reduce(scalars).tolist()
-            return loss_v, grad_sq
+        if self._reduces() or not grads:
+            grad_sq_t = squared_norm(grads).to(loss.device)
+            extra = [] if value is None else [torch.tensor(float(value), dtype=torch.float64, device=loss.device)]
+            reduced = self._reduce(torch.stack([loss.to(torch.float64), grad_sq_t, *extra])).tolist()
+            return reduced[0], reduced[1], (reduced[2] if extra else None)
         norms = torch._foreach_norm(grads)
         if all(n.device == loss.device and n.dtype == loss.dtype for n in norms):
             *values, loss_v = torch.stack([*norms, loss]).tolist()
@@ -173,7 +203,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             *values, loss_v = torch.stack(
                 [n.to(loss.device, torch.float64) for n in norms] + [loss.to(torch.float64)]
             ).tolist()
-        return loss_v, math.fsum(v * v for v in values)
+        return loss_v, math.fsum(v * v for v in values), value
 
     # ------------------------------------------------------------------ the step
     def _warn_once(self, key: str, message: str, stacklevel: int) -> None:
@@ -268,7 +298,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             loss_t = loss if isinstance(loss, Tensor) else torch.tensor(float(loss))  # type: ignore[arg-type]
 
         params, grads, states = self._params_with_grad()
-        loss_v, grad_sq = self._loss_and_grad_sq(loss_t, grads)
+        loss_v, grad_sq, value = self._loss_and_grad_sq(loss_t, grads, value)
         self.stats.update(loss=loss_v, grad_norm=math.sqrt(grad_sq) if grad_sq >= 0 else math.nan,
                           forward_calls=int(closure is not None), backtracks=0, accepted_loss=math.nan,
                           slope=math.nan, kl=math.nan)

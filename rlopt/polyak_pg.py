@@ -42,6 +42,10 @@ class PolyakPG(StepSizeOptimizer):
         max_backtracks: trials rejected before the search gives up (then no step is taken).
         max_kl: a trust region (implies ``search``): with ``step(closure, kl=fn)`` a trial is accepted only if it
             also satisfies ``fn() <= max_kl`` (TRPO's backtracking, with the Polyak step as the first trial).
+        process_group: the ranks that decide together: every decision uses the mean over them of the losses
+            (and ``||g||^2``, ``g^T d``, ``value``), all-reduced in one collective per evaluation, so every rank
+            takes the same step. ``"world"`` (default): torch.distributed's world group when one is initialized;
+            None: decide alone. Gradients must already agree across ranks (DDP averages them).
 
     Example:
         >>> import torch, rlopt
@@ -69,6 +73,7 @@ class PolyakPG(StepSizeOptimizer):
         beta: float = 0.5,
         max_backtracks: int = 30,
         max_kl: float | None = None,
+        process_group: Any = "world",
     ) -> None:
         if not isinstance(search, bool):
             raise TypeError(f"Invalid search: {search!r}, expected a bool")
@@ -76,7 +81,8 @@ class PolyakPG(StepSizeOptimizer):
         defaults = dict(c=c, max_lr=max_lr, j_star=j_star, margin=margin, momentum=momentum, search_c=search_c,
                         beta=beta, max_backtracks=max_backtracks, max_kl=max_kl)
         self._validate_group(defaults)
-        super().__init__(params, defaults, PolicyPolyakSearchRule() if search else PolicyPolyakRule(), SGDDirection())
+        rule = PolicyPolyakSearchRule() if search else PolicyPolyakRule()
+        super().__init__(params, defaults, rule, SGDDirection(), process_group)
 
     @classmethod
     def _validate_group(cls, group: dict[str, Any]) -> None:

@@ -35,6 +35,10 @@ class PoNoS(StepSizeOptimizer):
         max_kl: a trust region for policy losses: with ``step(closure, kl=fn)`` a trial is accepted only if it
             also satisfies ``fn() <= max_kl`` (``fn``: the policy's divergence from the one that collected the
             batch), as TRPO's backtracking does, so one step cannot move the policy arbitrarily far.
+        process_group: the ranks that decide together: every decision uses the mean over them of the losses
+            (and ``||g||^2``, ``g^T d``, ``value``), all-reduced in one collective per evaluation, so every rank
+            takes the same step. ``"world"`` (default): torch.distributed's world group when one is initialized;
+            None: decide alone. Gradients must already agree across ranks (DDP averages them).
         precondition, momentum, beta2, eps: as in :class:`rlopt.SLS`.
 
     Example:
@@ -69,12 +73,13 @@ class PoNoS(StepSizeOptimizer):
         beta2: float = 0.99,
         eps: float = 1e-8,
         max_kl: float | None = None,
+        process_group: Any = "world",
     ) -> None:
         defaults = dict(c=c, c_p=c_p, delta=delta, xi=xi, max_lr=max_lr, min_lr=min_lr, f_star=f_star,
                         envelope=envelope, max_backtracks=max_backtracks, precondition=precondition,
                         momentum=momentum, beta2=beta2, eps=eps, max_kl=max_kl)
         self._validate_group(defaults)
-        super().__init__(params, defaults, NonmonotoneRule(), make_direction(precondition))
+        super().__init__(params, defaults, NonmonotoneRule(), make_direction(precondition), process_group)
 
     @classmethod
     def _validate_group(cls, group: dict[str, Any]) -> None:

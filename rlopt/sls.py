@@ -69,6 +69,10 @@ class SLS(StepSizeOptimizer):
         max_kl: a trust region for policy losses: with ``step(closure, kl=fn)`` a trial is accepted only if it
             also satisfies ``fn() <= max_kl`` (``fn``: the policy's divergence from the one that collected the
             batch), as TRPO's backtracking does, so one step cannot move the policy arbitrarily far.
+        process_group: the ranks that decide together: every decision uses the mean over them of the losses
+            (and ``||g||^2``, ``g^T d``, ``value``), all-reduced in one collective per evaluation, so every rank
+            takes the same step. ``"world"`` (default): torch.distributed's world group when one is initialized;
+            None: decide alone. Gradients must already agree across ranks (DDP averages them).
         beta2: second-moment decay of the Adam/AMSGrad preconditioner (AdaSLS default 0.99).
         eps: added to the preconditioner's square root.
 
@@ -105,6 +109,7 @@ class SLS(StepSizeOptimizer):
         beta2: float = 0.99,
         eps: float = 1e-8,
         max_kl: float | None = None,
+        process_group: Any = "world",
     ) -> None:
         defaults = dict(
             lr=lr, c=c, beta=beta, reset=reset, gamma=gamma, n_batches_per_epoch=n_batches_per_epoch,
@@ -112,7 +117,7 @@ class SLS(StepSizeOptimizer):
             max_backtracks=max_backtracks, beta2=beta2, eps=eps, max_kl=max_kl,
         )
         self._validate_group(defaults)
-        super().__init__(params, defaults, ArmijoRule(), make_direction(precondition))
+        super().__init__(params, defaults, ArmijoRule(), make_direction(precondition), process_group)
 
     @classmethod
     def _validate_group(cls, group: dict[str, Any]) -> None:

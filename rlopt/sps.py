@@ -46,6 +46,10 @@ class SPS(StepSizeOptimizer):
         max_backtracks: trials rejected before the search gives up (no step is taken).
         max_kl: a trust region for policy losses (implies ``search``): with ``step(closure, kl=fn)`` a trial is
             accepted only if it also satisfies ``fn() <= max_kl`` (TRPO's backtracking).
+        process_group: the ranks that decide together: every decision uses the mean over them of the losses
+            (and ``||g||^2``, ``g^T d``, ``value``), all-reduced in one collective per evaluation, so every rank
+            takes the same step. ``"world"`` (default): torch.distributed's world group when one is initialized;
+            None: decide alone. Gradients must already agree across ranks (DDP averages them).
 
     Example:
         >>> import torch, rlopt
@@ -74,6 +78,7 @@ class SPS(StepSizeOptimizer):
         beta: float = 0.5,
         max_backtracks: int = 100,
         max_kl: float | None = None,
+        process_group: Any = "world",
     ) -> None:
         if not isinstance(search, bool):
             raise TypeError(f"Invalid search: {search!r}, expected a bool")
@@ -86,7 +91,7 @@ class SPS(StepSizeOptimizer):
                         beta=beta, max_backtracks=max_backtracks, max_kl=max_kl)
         self._validate_group(defaults)
         rule = PolyakSearchRule() if search else PolyakRule()
-        super().__init__(params, defaults, rule, make_direction(precondition))
+        super().__init__(params, defaults, rule, make_direction(precondition), process_group)
 
     @classmethod
     def _validate_group(cls, group: dict[str, Any]) -> None:

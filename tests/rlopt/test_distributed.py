@@ -1,0 +1,98 @@
+"""Data-parallel steps: two gloo processes under DDP, each on half of every minibatch, take bit-identical steps,
+equal to one process stepping on the whole minibatch (the optimizers all-reduce the losses they decide from)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+import rlopt
+
+WORLD = 2
+STEPS = 20
+HALF = 16  # rows of a minibatch on each rank
+
+RULES: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sls": lambda p, **kw: rlopt.SLS(p, **kw),
+    "adasls": lambda p, **kw: rlopt.SLS(p, precondition="adam", lr=0.1, **kw),
+    "sps": lambda p, **kw: rlopt.SPS(p, max_lr=1.0, **kw),
+    "ponos": lambda p, **kw: rlopt.PoNoS(p, **kw),
+    "polyak": lambda p, **kw: rlopt.PolyakPG(p, j_star=0.0, max_lr=1.0, **kw),  # maximises -loss, J* = 0
+}
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=gen, dtype=torch.float64)
+    y = x @ torch.randn(5, 1, generator=gen, dtype=torch.float64) + 0.1 * torch.randn(64, 1, generator=gen,
+                                                                                     dtype=torch.float64)
+    return x, y
+
+
+def _train(rule: str, rank: int | None) -> torch.Tensor:
+    """20 steps on minibatches of 2 * HALF rows; rank r of a data-parallel run takes rows [r*HALF, (r+1)*HALF)."""
+    x, y = _data()
+    torch.manual_seed(1)
+    model = torch.nn.Linear(5, 1).double()
+    net: torch.nn.Module = model
+    if rank is not None:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    opt = RULES[rule](model.parameters())
+    order = torch.Generator().manual_seed(2)
+    for _ in range(STEPS):
+        idx = torch.randperm(64, generator=order)[: 2 * HALF]
+        if rank is not None:
+            idx = idx[rank * HALF:(rank + 1) * HALF]
+        xb, yb = x[idx], y[idx]
+
+        def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
+            return F.mse_loss(net(xb), yb)
+
+        if rule == "polyak":  # a return estimate from this rank's data: the optimizer averages it over ranks
+            with torch.no_grad():
+                value = -float(closure())
+            opt.step(closure, value=value)
+        else:
+            opt.step(closure)
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _worker(rank: int, init_file: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        results = {rule: _train(rule, rank) for rule in RULES}
+        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_on_halves_of_each_batch_step_as_one_process_on_the_whole(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    for rule in RULES:
+        torch.testing.assert_close(ranks[0][rule], ranks[1][rule], rtol=0, atol=0, msg=f"{rule}: ranks differ")
+        alone = _train(rule, None)
+        assert not torch.equal(alone, _initial()), f"{rule}: no step was taken"
+        torch.testing.assert_close(ranks[0][rule], alone, rtol=1e-6, atol=1e-6, msg=f"{rule}: != one process")
+
+
+def _initial() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.cat([p.detach().reshape(-1) for p in torch.nn.Linear(5, 1).double().parameters()])
+
+
+def test_process_group_defaults_to_none_without_torch_distributed_and_is_validated() -> None:
+    w = torch.nn.Parameter(torch.ones(2))
+    assert not dist.is_initialized()
+    assert rlopt.SLS([w])._process_group is None
+    with pytest.raises(ValueError, match="process_group"):
+        rlopt.SLS([w], process_group="everyone")
