@@ -227,8 +227,11 @@ def main() -> None:
                          fmt_rate(asyn[0] if asyn else None), fmt_rate(pool[0] if pool else None),
                          ratio(best, sync), ratio(best, pool), round(mem_ours)])
             gc.collect()
+    device_type = torch.device(args.device).type  # a CUDA run is a table of its own
     report.save(
-        "envs_throughput", package="envs", title="Steps per second against Gymnasium's vector envs and EnvPool",
+        "envs_throughput" + ("" if device_type == "cpu" else f"_{device_type}"), package="envs",
+        title="Steps per second against Gymnasium's vector envs and EnvPool"
+        + ("" if device_type == "cpu" else f" ({device_type})"),
         protocol=f"Env steps per second (copies x batched steps / s) over about {args.seconds:g} s per measurement, "
         "random valid actions, autoreset on, every backend on the same env and batch size in one run. 'eager' and "
         "'compiled' are rlopt.envs.make(..., compile=False/True) on " + str(args.device) + "; 'gym-sync' is "
