@@ -268,8 +268,9 @@ class TorchVecEnv(VectorEnv):
             self._threads = threads if threads is not None else (1 if num_envs < _PARALLEL_MIN_ENVS else None)
         # Eager, small batches: initial states of the next `_fresh_rows` resets of every copy (see
         # `_fresh_states`); 0 (no table) above _FRESH_TABLE_MAX state values, where the hash's elementwise
-        # cost outweighs its per-op overhead and the table's gather only adds work.
-        self._fresh_rows = _FRESH_TABLE_ROWS if k * n <= _FRESH_TABLE_MAX else 0
+        # cost outweighs its per-op overhead and the table's gather only adds work, and with a compiled step,
+        # which computes the states inline and advances the reset counts without the table knowing.
+        self._fresh_rows = _FRESH_TABLE_ROWS if k * n <= _FRESH_TABLE_MAX and not compile else 0
         self._fresh_table: torch.Tensor | None = None
         self._fresh_base = torch.zeros(n, dtype=torch.int64, device=dev)
         self._fresh_age = 0
