@@ -96,3 +96,22 @@ def test_process_group_defaults_to_none_without_torch_distributed_and_is_validat
     assert rlopt.SLS([w])._process_group is None
     with pytest.raises(ValueError, match="process_group"):
         rlopt.SLS([w], process_group="everyone")
+
+
+@pytest.mark.slow
+def test_the_torchrun_example_trains_on_two_processes(tmp_path: Path) -> None:
+    """README's launch command: torchrun, DDP and SLS on two gloo processes, rank 0 saving the model."""
+    import re
+    import subprocess
+    import sys
+
+    pytest.importorskip("sklearn")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(root / "examples" / "ddp_sls.py"),
+         "--epochs", "3", "--out", str(tmp_path / "model.pt")],
+        capture_output=True, text=True, timeout=240, check=True, cwd=tmp_path,
+    ).stdout
+    accuracy = float(re.search(r"training accuracy over all ranks: ([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    assert accuracy > 0.9, out
+    assert (tmp_path / "model.pt").exists() and out.count("epoch ") == 3  # one writer, one printer: rank 0
