@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
-from rlopt.envs.classic import ENV_CLASSES
 from rlopt.envs.core import RENDER_MODES, TorchVecEnv
+from rlopt.envs.registry import make
 
 __all__ = ["SingleEnv"]
 
@@ -42,15 +42,12 @@ class SingleEnv(gym.Env[np.ndarray, Any]):
 
     def __init__(self, env_id: str, render_mode: str | None = None, device: str | torch.device = "cpu",
                  **kwargs: Any) -> None:
-        if env_id not in ENV_CLASSES:
-            raise ValueError(f"Unknown env id: {env_id!r}, expected one of {list(ENV_CLASSES)}")
         for reserved in ("num_envs", "autoreset_mode", "seed"):
             if reserved in kwargs:
                 raise TypeError(f"Invalid keyword {reserved!r}: a SingleEnv is one copy without autoreset, seeded "
                                 "by reset(seed=...)")
-        self.batched: TorchVecEnv = ENV_CLASSES[env_id](
-            num_envs=1, device=device, autoreset_mode=AutoresetMode.DISABLED, render_mode=render_mode, **kwargs
-        )
+        self.batched: TorchVecEnv = make(env_id, num_envs=1, device=device, autoreset_mode=AutoresetMode.DISABLED,
+                                         render_mode=render_mode, **kwargs)
         self.observation_space = self.batched.single_observation_space
         self.action_space = self.batched.single_action_space
         self.metadata = {"render_modes": list(RENDER_MODES), "render_fps": self.batched.metadata["render_fps"]}

@@ -79,7 +79,7 @@ def test_batched_render_gives_one_frame_per_copy_and_sb3_tiles_them() -> None:
 def test_single_env_refuses_batched_keywords() -> None:
     with pytest.raises(TypeError, match="num_envs"):
         envs.SingleEnv("CartPole-v1", num_envs=4)
-    with pytest.raises(ValueError, match="Unknown env id"):
+    with pytest.raises(ValueError, match="Unknown env_id"):
         envs.SingleEnv("CartPole-v9")
     env = envs.SingleEnv("Pendulum-v1")
     env.reset(seed=0)
