@@ -3,8 +3,8 @@ against tuned Adam (``rlopt bench agents``; ``benchmarks/bench_suite.py`` puts i
 
 Protocol, per (algorithm, env, rule, seed):
 
-- the agent is ``Agent.tuned(env, optimizer=rule, seed=seed)``: Adam at the yaml's tuned learning rate, the
-  other rules at their defaults (no step size given);
+- the agent is ``Agent.tuned(env, optimizer=rule, seed=seed)``: Adam at the yaml's tuned settings (its
+  ``by_optimizer: adam`` entries included), the other rules at their defaults (no step size given);
 - the budget is the yaml's ``total_timesteps`` capped at the RL Zoo's ``n_timesteps`` for that algorithm and
   env (:data:`ZOO_TIMESTEPS`, from rl_zoo3 2.9.2's ``hyperparams/{ppo,a2c}.yml``), so no rule gets more
   experience than an RL Zoo user;
