@@ -43,6 +43,13 @@ _LARGEST_STEP = 1e30
 __all__ = ["StepSizeOptimizer"]
 
 
+def _materialize(t: Tensor) -> Tensor:
+    """A DTensor (FSDP2's sharded gradients and what is computed from them) as the plain full value its placements
+    stand for (partial sums reduced over its mesh); any other tensor unchanged."""
+    full = getattr(t, "full_tensor", None)
+    return full() if callable(full) else t
+
+
 def _resolve_process_group(process_group: Any) -> Any:
     """``"world"`` (the default): torch.distributed's world group when a process group is initialized, else
     None; None: no reduction (each process decides alone); a process group: that group."""
@@ -192,7 +199,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         """
         loss = loss.detach().reshape(())
         if self._reduces() or not grads:
-            grad_sq_t = squared_norm(grads).to(loss.device)
+            grad_sq_t = _materialize(squared_norm(grads)).to(loss.device)
             extra = [] if value is None else [torch.tensor(float(value), dtype=torch.float64, device=loss.device)]
             reduced = self._reduce(torch.stack([loss.to(torch.float64), grad_sq_t, *extra])).tolist()
             return reduced[0], reduced[1], (reduced[2] if extra else None)
@@ -336,7 +343,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         hp = self.param_groups[0]
         k = int(self.stats["steps"])
         ds = self.direction.prepare(grads, states, hp, k + 1)
-        slope = grad_sq if ds.slope is None else float(self._reduce(ds.slope.reshape(1))[0])
+        slope = grad_sq if ds.slope is None else float(self._reduce(_materialize(ds.slope).reshape(1))[0])
         info = StepInfo(loss=loss_v, grad_sq=grad_sq, slope=slope, step=k, value=value)
         self.stats["slope"] = slope
         proposal = self.rule.propose(hp, self.rule_state, info)

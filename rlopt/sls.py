@@ -72,7 +72,8 @@ class SLS(StepSizeOptimizer):
         process_group: the ranks that decide together: every decision uses the mean over them of the losses
             (and ``||g||^2``, ``g^T d``, ``value``), all-reduced in one collective per evaluation, so every rank
             takes the same step. ``"world"`` (default): torch.distributed's world group when one is initialized;
-            None: decide alone. Gradients must already agree across ranks (DDP averages them).
+            None: decide alone. Gradients must be DDP's (averaged) or FSDP2's shards (``fully_shard`` with
+            ``reshard_after_forward=True`` on the root, so that every trial point is gathered afresh).
         beta2: second-moment decay of the Adam/AMSGrad preconditioner (AdaSLS default 0.99).
         eps: added to the preconditioner's square root.
 

@@ -36,14 +36,29 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _train(rule: str, rank: int | None) -> torch.Tensor:
+def _model() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+
+
+def _flat(model: torch.nn.Module) -> torch.Tensor:
+    """The parameters as one vector (FSDP2's sharded ones gathered)."""
+    return torch.cat([(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().reshape(-1)
+                      for p in model.parameters()])
+
+
+def _train(rule: str, rank: int | None, wrap: str = "ddp") -> torch.Tensor:
     """20 steps on minibatches of 2 * HALF rows; rank r of a data-parallel run takes rows [r*HALF, (r+1)*HALF)."""
     x, y = _data()
-    torch.manual_seed(1)
-    model = torch.nn.Linear(5, 1).double()
+    model = _model()
     net: torch.nn.Module = model
-    if rank is not None:
+    if rank is not None and wrap == "ddp":
         net = torch.nn.parallel.DistributedDataParallel(model)
+    elif rank is not None:
+        from torch.distributed.fsdp import fully_shard
+
+        # the root reshards after every forward, so each trial point is gathered afresh from the moved shards
+        fully_shard(model, reshard_after_forward=True)
     opt = RULES[rule](model.parameters())
     order = torch.Generator().manual_seed(2)
     for _ in range(STEPS):
@@ -61,33 +76,31 @@ def _train(rule: str, rank: int | None) -> torch.Tensor:
             opt.step(closure, value=value)
         else:
             opt.step(closure)
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return _flat(model)
 
 
-def _worker(rank: int, init_file: str, out: str) -> None:
+def _worker(rank: int, init_file: str, out: str, wrap: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
-        results = {rule: _train(rule, rank) for rule in RULES}
+        results = {rule: _train(rule, rank, wrap) for rule in RULES}
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_ranks_on_halves_of_each_batch_step_as_one_process_on_the_whole(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+@pytest.mark.parametrize("wrap", ["ddp", "fsdp2"])
+def test_ranks_on_halves_of_each_batch_step_as_one_process_on_the_whole(wrap: str, tmp_path: Path) -> None:
+    """DDP (replicated, averaged gradients) and FSDP2 (sharded gradients: ||g||^2 and g^T d are gathered from
+    the shards before the ranks' mean)."""
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), wrap), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for rule in RULES:
         torch.testing.assert_close(ranks[0][rule], ranks[1][rule], rtol=0, atol=0, msg=f"{rule}: ranks differ")
         alone = _train(rule, None)
-        assert not torch.equal(alone, _initial()), f"{rule}: no step was taken"
+        assert not torch.equal(alone, _flat(_model())), f"{rule}: no step was taken"
         torch.testing.assert_close(ranks[0][rule], alone, rtol=1e-6, atol=1e-6, msg=f"{rule}: != one process")
-
-
-def _initial() -> torch.Tensor:
-    torch.manual_seed(1)
-    return torch.cat([p.detach().reshape(-1) for p in torch.nn.Linear(5, 1).double().parameters()])
 
 
 def test_process_group_defaults_to_none_without_torch_distributed_and_is_validated() -> None:
