@@ -106,10 +106,7 @@ class A2C(OnPolicyAgent):
             self._polyak_update_target()
             step_loss = self._polyak_closure(policy_loss, first, adv, adv_scale)
 
-        def kl() -> torch.Tensor:  # TRPO's constraint, for a line search built with max_kl
-            log_prob, _ = policy.log_prob_and_entropy(batch.observations, batch.actions)
-            return loss_terms.approx_kl(log_prob - batch.log_probs)
-
+        kl = self._kl_closure(batch.observations, batch.actions, batch.log_probs)
         loss = self._step_losses(step_loss, value_loss, kl)
         stats: dict[str, list[float]] = {}
         self._record_step_stats(stats)

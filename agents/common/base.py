@@ -592,6 +592,21 @@ class OnPolicyAgent(BaseAlgorithm):
         if torch_optimizers:
             self._update_learning_rate(torch_optimizers)
 
+    def _kl_closure(
+        self, observations: torch.Tensor, actions: torch.Tensor, old_log_probs: torch.Tensor
+    ) -> Callable[[], torch.Tensor]:
+        """TRPO's constraint for a line search built with ``max_kl``: the approximate KL of the policy at the
+        current parameters from the one whose log-probabilities ``old_log_probs`` are, on these samples."""
+        from rlopt.agents.ppo.loss import approx_kl  # the PPO package imports this module
+
+        policy = self.policy
+
+        def kl() -> torch.Tensor:
+            log_prob, _ = policy.log_prob_and_entropy(observations, actions)
+            return approx_kl(log_prob - old_log_probs)
+
+        return kl
+
     def _set_policy_lower_bound(self, advantages: torch.Tensor, clip_range: float) -> None:
         """Set ``f_star`` of the policy's own optimizer (when its rule takes one and ``optimizer_kwargs`` does
         not fix it) to the infimum of the clipped ratio surrogate over all ratios on these advantages

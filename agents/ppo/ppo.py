@@ -167,11 +167,8 @@ class PPO(OnPolicyAgent):
                     if loss_terms.kl_stop(loss_terms.approx_kl(log_prob - mb.log_probs), self.target_kl):
                         stop = True
                         break
-                def kl(mb: Any = mb) -> torch.Tensor:  # TRPO's constraint, for a line search with max_kl
-                    log_prob, _ = policy.log_prob_and_entropy(mb.observations, mb.actions)
-                    return loss_terms.approx_kl(log_prob - mb.log_probs)
-
                 step_loss = self._policy_step_loss(policy_loss, first, adv, float(adv_scale))
+                kl = self._kl_closure(mb.observations, mb.actions, mb.log_probs)
                 loss = self._step_losses(step_loss, value_loss, kl)
                 self._record_step_stats(stats)
                 tensors.setdefault("loss", []).append(loss.detach())

@@ -10,7 +10,6 @@ import torch
 import rlopt
 from rlopt.agents.common.base import OnPolicyAgent
 from rlopt.agents.common.buffer import compute_gae
-from rlopt.agents.ppo.loss import approx_kl
 from rlopt.rules.policy_polyak import return_target
 
 ESTIMATORS = ("reinforce", "gpomdp")
@@ -183,10 +182,7 @@ class REINFORCE(OnPolicyAgent):
                 first["pg"], first["entropy"] = pg_loss.detach(), ent.detach()
             return pg_loss - self.ent_coef * ent
 
-        def kl() -> torch.Tensor:  # TRPO's constraint, for a line search built with max_kl
-            log_prob, _ = policy.log_prob_and_entropy(obs, actions)
-            return approx_kl(log_prob - first["log_prob"])
-
+        kl = self._kl_closure(obs, actions, buf.log_probs.reshape(-1)[idx])  # the rollout's policy
         loss = self._step_losses(policy_loss, None, kl, value=j_hat if self._polyak else None)
         stats: dict[str, list[float]] = {}
         self._record_step_stats(stats)
