@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from rlopt.agents.common import policy_loss as loss_terms
 from rlopt.agents.common.base import OnPolicyAgent
-from rlopt.agents.ppo import loss as loss_terms
 
 
 class A2C(OnPolicyAgent):

@@ -40,6 +40,7 @@ from rlopt.agents.common.optim import (
     check_optimizer,
 )
 from rlopt.agents.common.policies import ActorCriticPolicy, check_spaces
+from rlopt.agents.common.policy_loss import approx_kl, surrogate_infimum
 from rlopt.agents.common.serialization import safe_custom_objects
 from rlopt.rules.policy_polyak import return_target
 from rlopt.validation import check_at_least, check_closed, check_int
@@ -597,8 +598,6 @@ class OnPolicyAgent(BaseAlgorithm):
     ) -> Callable[[], torch.Tensor]:
         """TRPO's constraint for a line search built with ``max_kl``: the approximate KL of the policy at the
         current parameters from the one whose log-probabilities ``old_log_probs`` are, on these samples."""
-        from rlopt.agents.ppo.loss import approx_kl  # the PPO package imports this module
-
         policy = self.policy
 
         def kl() -> torch.Tensor:
@@ -610,7 +609,7 @@ class OnPolicyAgent(BaseAlgorithm):
     def _set_policy_lower_bound(self, advantages: torch.Tensor, clip_range: float) -> None:
         """Set ``f_star`` of the policy's own optimizer (when its rule takes one and ``optimizer_kwargs`` does
         not fix it) to the infimum of the clipped ratio surrogate over all ratios on these advantages
-        (:func:`rlopt.agents.ppo.loss.surrogate_infimum`), minus ``ent_coef`` times the largest entropy of a
+        (:func:`rlopt.agents.common.policy_loss.surrogate_infimum`), minus ``ent_coef`` times the largest entropy of a
         discrete policy. For an unclipped ratio surrogate (A2C's) it is the least loss a step that moves each
         ratio by at most ``clip_range`` reaches. A Gaussian's entropy is unbounded: no bound then.
         """
@@ -618,8 +617,6 @@ class OnPolicyAgent(BaseAlgorithm):
             return
         if "f_star" not in self.optimizer.param_groups[0]:
             return
-        from rlopt.agents.ppo.loss import surrogate_infimum  # the PPO package imports this module
-
         bound = surrogate_infimum(advantages, clip_range)
         if self.ent_coef > 0:
             if not isinstance(self.action_space, spaces.Discrete):

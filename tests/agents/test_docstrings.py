@@ -12,7 +12,7 @@ MODULES = [
     "rlopt.agents.common.policies",
     "rlopt.agents.hyperparams",
     "rlopt.agents.ppo.ppo",
-    "rlopt.agents.ppo.loss",
+    "rlopt.agents.common.policy_loss",
     "rlopt.agents.a2c.a2c",
     "rlopt.agents.reinforce.reinforce",
     "rlopt.agents.sb3",
