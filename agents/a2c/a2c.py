@@ -77,9 +77,9 @@ class A2C(OnPolicyAgent):
         batch = self.rollout_buffer.flatten()
         policy = self.policy
         adv = batch.advantages
-        adv_scale = 1.0
+        adv_scale: torch.Tensor | float = 1.0
         if self.normalize_advantage and len(adv) > 1:
-            adv_scale = float(adv.std()) + 1e-8
+            adv_scale = adv.std() + 1e-8
             adv = (adv - adv.mean()) / adv_scale
         first: dict[str, torch.Tensor] = {}
 

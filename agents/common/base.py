@@ -647,7 +647,7 @@ class OnPolicyAgent(BaseAlgorithm):
         policy_loss: Callable[[], torch.Tensor],
         first: dict[str, torch.Tensor],
         advantages: torch.Tensor,
-        advantage_scale: float,
+        advantage_scale: torch.Tensor | float,
         supremum: torch.Tensor | None = None,
     ) -> Callable[[], torch.Tensor]:
         r"""The policy loss of an actor-critic update as :class:`rlopt.PolyakPG` needs it: ``-J_hat``.
@@ -671,7 +671,7 @@ class OnPolicyAgent(BaseAlgorithm):
         ``supremum`` (the surrogate objective's largest value, PPO's clip bound) caps ``J*`` at the return the
         surrogate can certify, ``J_hat + T sigma (sup - (-L(theta_old)))``.
         """
-        scale = self._polyak_horizon * advantage_scale
+        scale = self._polyak_horizon * float(advantage_scale)  # read from the device only under "polyak"
         at_rollout = -float(advantages.mean())  # the ratio surrogate's loss at rho = 1
         j_hat, target = self._return_estimate, self._polyak_target
         if supremum is not None:

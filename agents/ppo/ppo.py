@@ -110,7 +110,7 @@ class PPO(OnPolicyAgent):
 
     def _policy_step_loss(
         self, policy_loss: Callable[[], torch.Tensor], first: dict[str, torch.Tensor], adv: torch.Tensor,
-        adv_scale: float,
+        adv_scale: torch.Tensor | float,
     ) -> Callable[[], torch.Tensor]:
         """The minibatch's policy closure as the policy's rule needs it: with ``f_star`` set to the surrogate's
         infimum for a rule that takes one, or in the return's units, ``J*`` capped by the clip's bound, under
@@ -135,7 +135,7 @@ class PPO(OnPolicyAgent):
             for idx in self._minibatches(batch, self.batch_size):
                 mb = batch.index(idx)
                 adv = mb.advantages
-                adv_scale = torch.ones(())
+                adv_scale: torch.Tensor | float = 1.0
                 if self.normalize_advantage and len(adv) > 1:
                     adv_scale = adv.std() + 1e-8
                     adv = (adv - adv.mean()) / adv_scale
@@ -167,7 +167,7 @@ class PPO(OnPolicyAgent):
                     if loss_terms.kl_stop(loss_terms.approx_kl(log_prob - mb.log_probs), self.target_kl):
                         stop = True
                         break
-                step_loss = self._policy_step_loss(policy_loss, first, adv, float(adv_scale))
+                step_loss = self._policy_step_loss(policy_loss, first, adv, adv_scale)
                 kl = self._kl_closure(mb.observations, mb.actions, mb.log_probs)
                 loss = self._step_losses(step_loss, value_loss, kl)
                 self._record_step_stats(stats)
