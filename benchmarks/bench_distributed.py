@@ -74,6 +74,7 @@ def _worker(rank: int, init_file: str, out: str, steps: int, repeats: int) -> No
                 calls[key] = c
     if rank == 0:
         torch.save({"times": times, "calls": calls}, os.path.join(out, "times.pt"))
+    dist.barrier()  # every rank done before any tears the process group down
     dist.destroy_process_group()
 
 

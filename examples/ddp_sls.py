@@ -64,6 +64,7 @@ def main() -> None:
     if rank == 0:
         print(f"training accuracy over all ranks: {correct[0].item() / correct[1].item():.3f}")
         torch.save(model.state_dict(), args.out)
+    dist.barrier()  # every rank done before any tears the process group down
     dist.destroy_process_group()
 
 

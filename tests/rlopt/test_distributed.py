@@ -85,6 +85,7 @@ def _worker(rank: int, init_file: str, out: str, wrap: str) -> None:
         torch.set_num_threads(1)
         results = {rule: _train(rule, rank, wrap) for rule in RULES}
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while another still talks to it (that can abort the process)
     finally:
         dist.destroy_process_group()
 
@@ -94,7 +95,15 @@ def _worker(rank: int, init_file: str, out: str, wrap: str) -> None:
 def test_ranks_on_halves_of_each_batch_step_as_one_process_on_the_whole(wrap: str, tmp_path: Path) -> None:
     """DDP (replicated, averaged gradients) and FSDP2 (sharded gradients: ||g||^2 and g^T d are gathered from
     the shards before the ranks' mean)."""
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), wrap), nprocs=WORLD, join=True)
+    for attempt in range(2):
+        # gloo on a loaded machine now and then aborts a process (std::terminate, SIGABRT) while connecting or
+        # tearing down; that is infrastructure, retried once on a fresh store. A wrong step fails the asserts.
+        try:
+            mp.spawn(_worker, args=(str(tmp_path / f"init{attempt}"), str(tmp_path), wrap), nprocs=WORLD, join=True)
+            break
+        except mp.ProcessExitedException as err:
+            if attempt == 1 or err.signal_name != "SIGABRT":
+                raise
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for rule in RULES:
         torch.testing.assert_close(ranks[0][rule], ranks[1][rule], rtol=0, atol=0, msg=f"{rule}: ranks differ")
@@ -120,11 +129,13 @@ def test_the_torchrun_example_trains_on_two_processes(tmp_path: Path) -> None:
 
     pytest.importorskip("sklearn")
     root = Path(__file__).resolve().parents[2]
-    out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(root / "examples" / "ddp_sls.py"),
-         "--epochs", "3", "--out", str(tmp_path / "model.pt")],
-        capture_output=True, text=True, timeout=240, check=True, cwd=tmp_path,
-    ).stdout
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",  # a free port
+               str(root / "examples" / "ddp_sls.py"), "--epochs", "3", "--out", str(tmp_path / "model.pt")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    if run.returncode != 0 and "SIGABRT" in run.stderr:  # gloo's occasional abort: infrastructure, retried once
+        run = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
     accuracy = float(re.search(r"training accuracy over all ranks: ([0-9.]+)", out).group(1))  # type: ignore[union-attr]
     assert accuracy > 0.9, out
     assert (tmp_path / "model.pt").exists() and out.count("epoch ") == 3  # one writer, one printer: rank 0
