@@ -8,6 +8,10 @@ Defaults: PPO on the tensor-batched CartPole-v1, on the CPU, with the tuned hype
 deterministic policy every ``--eval-freq`` env steps (keeping the best model, ``best_model.zip``, and stopping
 once the env's reward threshold is reached, as the RL Zoo does), prints a final evaluation, saves the final
 model and a PNG of the return and the step size over training in the run folder.
+
+Under ``torchrun`` (``torchrun --nproc_per_node=N --no-python rlopt train ...``) the processes train one agent
+data-parallel: each steps its share of the ``--n-envs`` copies (on ``cuda:LOCAL_RANK`` with ``--device cuda``),
+gradients and step-size decisions are averaged over them, and rank 0 alone evaluates, logs, prints and saves.
 """
 
 from __future__ import annotations
@@ -121,12 +125,44 @@ def _periodic_evaluation(eval_env: Any, threshold: float | None, n_episodes: int
                               deterministic=True, verbose=0)
 
 
+def _init_distributed(device: str) -> tuple[str, bool]:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1 in the environment): NCCL on CUDA, gloo on
+    the CPU. Returns ``(this rank's device, whether this call initialized the group)``."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device, False
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return device, True
+
+
 def train_main(argv: list[str] | None = None) -> int:
     """Train a policy-gradient agent (PPO, A2C, REINFORCE/GPOMDP) with any step-size rule.
 
-    Entry point of ``rlopt train``; returns the exit status.
+    Entry point of ``rlopt train``; returns the exit status. Under torchrun the processes train one agent
+    data-parallel (see the module docstring).
     """
     args = _parser().parse_args(argv)
+    args.device, initialized = _init_distributed(args.device)
+    try:
+        return _train(args)
+    finally:
+        if initialized:
+            import torch.distributed as dist
+
+            dist.barrier()  # no rank tears the group down while another still uses it
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace) -> int:
     from stable_baselines3.common.evaluation import evaluate_policy
 
     from rlopt import agents
@@ -151,18 +187,24 @@ def train_main(argv: list[str] | None = None) -> int:
     cls = getattr(agents, args.algo)
     model = cls("MlpPolicy", args.env, optimizer=args.optimizer, seed=args.seed, device=args.device,
                 tensorboard_log=str(args.log_dir), verbose=args.verbose, **kwargs)
+    main = model.rank == 0  # evaluates, logs, prints and saves
     name = f"{args.algo}_{args.env}_{args.optimizer}_s{args.seed}"
     threshold = None if args.no_stop else (args.stop_at if args.stop_at is not None else _reward_threshold(args.env))
-    print(f"Training {args.algo} on {args.env} with {args.optimizer} for up to {total} steps "
-          f"({model.n_envs} envs, device {model.device})"
-          + (f", stopping at an evaluation return of {threshold:g}" if threshold is not None else ""))
-    eval_env = agents.make_eval_env(args.env, n_envs=min(args.eval_episodes, 10), device=args.device,
-                                    seed=args.seed + 1, env_kwargs=model.env_kwargs)
+    n_envs = model.n_envs * model.world_size
+    if main:
+        print(f"Training {args.algo} on {args.env} with {args.optimizer} for up to {total} steps "
+              f"({n_envs} envs" + (f" over {model.world_size} processes" if model.world_size > 1 else "")
+              + f", device {model.device})"
+              + (f", stopping at an evaluation return of {threshold:g}" if threshold is not None else ""))
     callback = None
-    if args.eval_freq > 0:
-        callback = _periodic_evaluation(eval_env, threshold, args.eval_episodes,
-                                        max(args.eval_freq // model.n_envs, 1))
-    model.learn(total, callback=callback, tb_log_name=name, progress_bar=not args.no_progress)
+    if main:
+        eval_env = agents.make_eval_env(args.env, n_envs=min(args.eval_episodes, 10), device=args.device,
+                                        seed=args.seed + 1, env_kwargs=model.env_kwargs)
+        if args.eval_freq > 0:
+            callback = _periodic_evaluation(eval_env, threshold, args.eval_episodes, max(args.eval_freq // n_envs, 1))
+    model.learn(total, callback=callback, tb_log_name=name, progress_bar=main and not args.no_progress)
+    if not main:
+        return 0
     run_dir = Path(model.logger.get_dir() or args.log_dir / name)
     mean, std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
     print(f"Final evaluation over {args.eval_episodes} episodes after {model.num_timesteps} steps: "

@@ -181,6 +181,7 @@ def closure_step(
     max_grad_norm: float | None = None,
     value: float | None = None,
     kl: Callable[[], Tensor] | None = None,
+    grad_hook: Callable[[list[Tensor]], None] | None = None,
 ) -> Tensor:
     """One step of any optimizer from an rlopt closure (returns the loss without calling backward).
 
@@ -189,20 +190,30 @@ def closure_step(
     Plain torch optimizers get ``zero_grad``, ``backward``, optional ``clip_grad_norm_`` and ``step``.
     Gradient clipping is not applied to rlopt's rules: clipping would change the direction their
     sufficient-decrease test and Polyak step are computed for; their step size already adapts to the norm.
+
+    ``grad_hook(grads)`` runs once the gradients exist and before anything reads them (clipping included): the
+    place to all-reduce them across data-parallel ranks (see :meth:`rlopt.StepSizeOptimizer.register_grad_hook`).
     """
     if isinstance(optimizer, StepSizeOptimizer):
         if kl is not None and optimizer.param_groups[0].get("max_kl") is None:
             kl = None  # no trust region asked for: the KL function is not needed
-        if optimizer_spec(optimizer).needs_value:
-            loss = optimizer.step(closure, value=value, kl=kl)  # value=None: the closure returns -J_hat itself
-        else:
-            loss = optimizer.step(closure, kl=kl)
+        handle = None if grad_hook is None else optimizer.register_grad_hook(lambda _, grads: grad_hook(grads))
+        try:
+            if optimizer_spec(optimizer).needs_value:
+                loss = optimizer.step(closure, value=value, kl=kl)  # value=None: the closure returns -J_hat itself
+            else:
+                loss = optimizer.step(closure, kl=kl)
+        finally:
+            if handle is not None:
+                handle.remove()
         assert loss is not None
         return loss
     optimizer.zero_grad(set_to_none=True)
     with torch.enable_grad():
         loss = closure()
     loss.backward()
+    if grad_hook is not None:
+        grad_hook([p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
     if max_grad_norm is not None:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 
 from rlopt.closure import Closure, RngSnapshot, RunningStatsGuard
 from rlopt.directions import Direction, DirectionStep, squared_norm
@@ -111,6 +113,24 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         self._warned: set[str] = set()
         self._running_stats = RunningStatsGuard()
         self._kl: Callable[[], Tensor] | None = None  # the step's KL function (step(kl=...)), never saved
+        self._grad_hooks: OrderedDict[int, Callable[[StepSizeOptimizer, list[Tensor]], None]] = OrderedDict()
+
+    def register_grad_hook(self, hook: Callable[[StepSizeOptimizer, list[Tensor]], None]) -> RemovableHandle:
+        """Run ``hook(optimizer, grads)`` on every step once the gradients exist and before anything reads them.
+
+        ``grads`` are the ``.grad`` tensors of the parameters that have one, in parameter-group order; the hook
+        may change them in place. This is where gradients computed by the optimizer's own ``backward`` (the
+        closure protocol) can be all-reduced across data-parallel ranks without wrapping the model in DDP, as
+        the agents do for modules whose methods other than ``forward`` compute the loss. Not saved with the
+        optimizer (hooks are not part of ``state_dict`` or a pickled copy), as torch's own hooks.
+
+        Returns:
+            A handle whose ``remove()`` unregisters the hook.
+        """
+        hooks = self.__dict__.setdefault("_grad_hooks", OrderedDict())
+        handle = RemovableHandle(hooks)
+        hooks[handle.id] = hook
+        return handle
 
     # ------------------------------------------------------------------ validation and groups
     @classmethod
@@ -305,6 +325,8 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             loss_t = loss if isinstance(loss, Tensor) else torch.tensor(float(loss))  # type: ignore[arg-type]
 
         params, grads, states = self._params_with_grad()
+        for hook in tuple(getattr(self, "_grad_hooks", {}).values()):
+            hook(self, grads)
         loss_v, grad_sq, value = self._loss_and_grad_sq(loss_t, grads, value)
         self.stats.update(loss=loss_v, grad_norm=math.sqrt(grad_sq) if grad_sq >= 0 else math.nan,
                           forward_calls=int(closure is not None), backtracks=0, accepted_loss=math.nan,

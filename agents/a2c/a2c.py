@@ -76,11 +76,7 @@ class A2C(OnPolicyAgent):
         """One step on the policy-gradient, value and entropy losses of the whole rollout."""
         batch = self.rollout_buffer.flatten()
         policy = self.policy
-        adv = batch.advantages
-        adv_scale: torch.Tensor | float = 1.0
-        if self.normalize_advantage and len(adv) > 1:
-            adv_scale = adv.std() + 1e-8
-            adv = (adv - adv.mean()) / adv_scale
+        adv, adv_scale = self._normalized(batch.advantages)
         first: dict[str, torch.Tensor] = {}
 
         def policy_loss() -> torch.Tensor:

@@ -34,6 +34,7 @@ from stable_baselines3.common.vec_env import VecEnv
 import rlopt
 from rlopt._atomic import atomic_write
 from rlopt.agents.common.buffer import RolloutBatch, RolloutBuffer
+from rlopt.agents.common.distributed import DataParallel, resolve_data_parallel
 from rlopt.agents.common.env_util import Stepper, check_env_kwargs, resolve_env, to_sb3
 from rlopt.agents.common.optim import (
     build_optimizer,
@@ -128,10 +129,20 @@ class OnPolicyAgent(BaseAlgorithm):
         device: ``"auto"``, ``"cpu"``, ``"cuda"``... where the policy, buffers and (for an env id) the
             batched env live.
         seed: seed of the network initialization, the sampling/minibatch generator and the env's first
-            reset. The global RNGs are never reseeded.
+            reset. The global RNGs are never reseeded. In a data-parallel run rank 0's seed (or, with None, its
+            drawn seed) is used on every rank: the network starts the same everywhere, and rank ``r`` seeds its
+            env copies ``seed + r * n``, ..., as one process would seed all of them (``n`` copies per rank),
+            and its sampling generator from ``(seed, r)``.
         env_kwargs: keyword arguments of the env when ``env`` is an id, as the RL Zoo's ``env_kwargs``: for a
             batched env those of ``rlopt.envs.make`` (``max_episode_steps``, ``compile=True`` for one fused kernel
             per step, ``dtype``, ``threads``, Pendulum's ``g``), else the Gymnasium env's constructor keywords.
+        process_group: data parallelism over torch.distributed (``torchrun``). ``"world"`` (the default): over
+            all processes when a process group is initialized with more than one, else none; None: this process
+            trains alone; or a process group. Each rank steps its own share of the env copies (for an env id,
+            ``n_envs`` and PPO's ``batch_size`` are totals over the ranks, split evenly; an env object is this
+            rank's share), gradients and every statistic a decision is taken from are averaged over the ranks
+            (:mod:`rlopt.agents.common.distributed`), and the ranks keep identical parameters. Only rank 0 logs
+            (``tensorboard_log``, ``verbose``); ``num_timesteps`` counts the steps of all ranks.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": ActorCriticPolicy}
@@ -168,6 +179,7 @@ class OnPolicyAgent(BaseAlgorithm):
         device: torch.device | str = "auto",
         seed: int | None = None,
         env_kwargs: dict[str, Any] | None = None,
+        process_group: Any = "world",
         _init_setup_model: bool = True,
     ) -> None:
         # validate everything before building anything
@@ -195,11 +207,29 @@ class OnPolicyAgent(BaseAlgorithm):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"Invalid seed: {seed!r}, expected an int or None")
         self.env_kwargs = check_env_kwargs(env_kwargs)
+        self._dp = resolve_data_parallel(process_group, get_device(device))
+        if self._dp is not None:
+            if seed is None:
+                seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+            seed = self._dp.broadcast_int(int(seed))
+            if self.rank != 0:  # one logger: rank 0's
+                tensorboard_log, verbose = None, 0
         self._stepper: Stepper | None = None
         vec_env: VecEnv | None = None
         if env is not None:
-            vec_env, self._stepper = resolve_env(env, n_envs, get_device(device), seed, self.env_kwargs)
+            local_envs = n_envs
+            if isinstance(env, str) and self._dp is not None:
+                total = n_envs or 1
+                if total % self.world_size:
+                    raise ValueError(f"Invalid n_envs: {total} env copies cannot be split evenly over the "
+                                     f"{self.world_size} ranks of the data-parallel run: use a multiple of "
+                                     f"{self.world_size}")
+                local_envs = total // self.world_size
+            env_seed = None if seed is None else int(seed) + self.rank * (local_envs or 1)
+            vec_env, self._stepper = resolve_env(env, local_envs, get_device(device), env_seed, self.env_kwargs)
             check_spaces(vec_env.observation_space, vec_env.action_space, self.algorithm_name)
+            if self._dp is not None:
+                self._dp.check_same("the number of env copies per rank", self._stepper.num_envs)
         super().__init__(
             policy=policy,
             env=vec_env,
@@ -221,6 +251,18 @@ class OnPolicyAgent(BaseAlgorithm):
         self._return_estimate = float("nan")
         if _init_setup_model:
             self._setup_model()
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in the data-parallel run (0 when training alone)."""
+        dp: DataParallel | None = getattr(self, "_dp", None)
+        return 0 if dp is None else dp.rank
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the data-parallel run (1 when training alone)."""
+        dp: DataParallel | None = getattr(self, "_dp", None)
+        return 1 if dp is None else dp.world_size
 
     @classmethod
     def tuned(
@@ -268,30 +310,40 @@ class OnPolicyAgent(BaseAlgorithm):
                 self.observation_space, self.action_space, **self.policy_kwargs
             )
         self.policy = self.policy.to(self.device)
+        dp = getattr(self, "_dp", None)
+        if dp is not None:
+            dp.broadcast_module(self.policy)  # identical from the first step, whatever each rank's seed
         self._generator = torch.Generator(device=self.device)
-        self._generator.manual_seed(self._init_seed)
+        self._generator.manual_seed(self._init_seed if dp is None or dp.rank == 0 else
+                                    int(np.random.SeedSequence([self._init_seed, dp.rank]).generate_state(1)[0]))
         actor_params = self.policy.actor_parameters()
         critic_params = self.policy.critic_parameters() if self.uses_critic else []
         self.critic_optimizer: torch.optim.Optimizer | None = None
         if self._polyak or self.separate_critic or not self.uses_critic:
-            self.optimizer = build_optimizer(
-                self.optimizer_name, actor_params, self._policy_optimizer_kwargs(), self.lr_schedule(1.0)
-            )
+            self.optimizer = self._build_optimizer(self.optimizer_name, actor_params, self._policy_optimizer_kwargs())
             if critic_params:
                 # the Polyak policy-gradient step is a rule for the return, not for a regression loss
                 critic_rule = "adam" if self._polyak else self.optimizer_name
                 # max_kl bounds the policy's move; the critic's regression has no such region
                 critic_kwargs = None if self._polyak else self._rule_kwargs(
                     {k: v for k, v in self.optimizer_kwargs.items() if k != "max_kl"})
-                self.critic_optimizer = build_optimizer(critic_rule, critic_params, critic_kwargs,
-                                                        self.lr_schedule(1.0))
+                self.critic_optimizer = self._build_optimizer(critic_rule, critic_params, critic_kwargs)
         else:
-            self.optimizer = build_optimizer(
-                self.optimizer_name, actor_params + critic_params, self._rule_kwargs(self.optimizer_kwargs),
-                self.lr_schedule(1.0),
-            )
+            self.optimizer = self._build_optimizer(
+                self.optimizer_name, actor_params + critic_params, self._rule_kwargs(self.optimizer_kwargs))
         if self.env is not None:
             self._build_buffer()
+
+    def _build_optimizer(self, name: Any, params: list[torch.nn.Parameter], kwargs: dict[str, Any] | None
+                         ) -> torch.optim.Optimizer:
+        """:func:`build_optimizer` at the agent's learning rate; an rlopt rule decides over the agent's process
+        group (its ranks' mean of the losses), or alone when the agent trains alone, unless ``kwargs`` says."""
+        kwargs = dict(kwargs or {})
+        spec = rlopt.optimizer_spec(name)
+        if isinstance(spec.cls, type) and issubclass(spec.cls, rlopt.StepSizeOptimizer):
+            dp = getattr(self, "_dp", None)
+            kwargs.setdefault("process_group", None if dp is None else dp.group)
+        return build_optimizer(name, params, kwargs, self.lr_schedule(1.0))
 
     def _minibatches_per_pass(self) -> int | None:
         """Optimizer steps per pass over one rollout when an update makes several passes (PPO's epochs), else None:
@@ -378,6 +430,7 @@ class OnPolicyAgent(BaseAlgorithm):
             *super()._excluded_save_params(),
             "_stepper",
             "_generator",
+            "_dp",
             "optimizer",
             "critic_optimizer",
         ]
@@ -442,7 +495,7 @@ class OnPolicyAgent(BaseAlgorithm):
     # -------------------------------------------------------------------------------------------- rollouts
     def _reset_env(self) -> None:
         assert self._stepper is not None
-        seed = None if self._env_seeded else self.seed
+        seed = None if self._env_seeded or self.seed is None else int(self.seed) + self.rank * self._stepper.num_envs
         self._last_obs = self._stepper.reset(seed)  # type: ignore[assignment]
         self._env_seeded = True
         n = self._stepper.num_envs
@@ -468,6 +521,7 @@ class OnPolicyAgent(BaseAlgorithm):
             stepper._prev_done = self._last_episode_starts.clone()
         obs: torch.Tensor = self._last_obs  # type: ignore[assignment]
         callback.on_rollout_start()
+        stop_requested = False
         for step in range(self.n_steps):
             with torch.no_grad():
                 actions, log_probs = policy.act(obs, self._generator)
@@ -477,12 +531,16 @@ class OnPolicyAgent(BaseAlgorithm):
             if out.final_mask is not None and out.final_obs is not None:
                 buf.add_final_observations(step, out.final_mask & out.truncated, out.final_obs)
             obs = out.obs
-            self.num_timesteps += stepper.num_envs
+            self.num_timesteps += stepper.num_envs * self.world_size
             # SB3's callbacks read these locals as numpy arrays and a list of infos: views that convert (and
             # synchronise with the device) only when a callback reads them
             callback.update_locals({**locals(), "dones": NumpyView(dones), "rewards": NumpyView(out.reward),
                                     "new_obs": NumpyView(obs), "infos": StepInfos(out.terminated, out.truncated)})
             if not callback.on_step():
+                if self._dp is not None:
+                    # the ranks stop together: this one finishes the rollout, and all stop at its end
+                    stop_requested = True
+                    continue
                 self._last_obs = obs  # type: ignore[assignment]
                 self._save_prev_done()
                 self._track_episodes(buf, step + 1)
@@ -496,13 +554,17 @@ class OnPolicyAgent(BaseAlgorithm):
             last_values = policy.value(obs)
             buf.compute_returns_and_advantages(last_values, self.gamma, self.gae_lambda, policy.value)
         ended = buf.dones & buf.valid
-        if self.ep_info_buffer is not None:
+        if self._dp is not None:  # every rank's episodes, in rank order: the same buffer on every rank
+            rets, lens, stop_requested = self._dp.gather_episodes(ended_return[ended], ended_length[ended],
+                                                                  stop_requested)
+        else:
             rets, lens = ended_return[ended].tolist(), ended_length[ended].tolist()
+        if self.ep_info_buffer is not None:
             self.ep_info_buffer.extend({"r": r, "l": int(n)} for r, n in zip(rets, lens, strict=False))
         self._return_estimate = self._estimate_return(buf)
         callback.update_locals(locals())
         callback.on_rollout_end()
-        return True
+        return not stop_requested
 
     @torch.no_grad()
     def _track_episodes(self, buf: RolloutBuffer, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -547,7 +609,7 @@ class OnPolicyAgent(BaseAlgorithm):
         """
         if self.ep_info_buffer:
             return float(safe_mean([ep["r"] for ep in self.ep_info_buffer]))
-        return float(buf.returns[buf.valid].mean())
+        return float(self._union_mean(buf.returns[buf.valid]))
 
     # ------------------------------------------------------------------------------------------- updating
     def _minibatches(self, batch: RolloutBatch, batch_size: int) -> list[torch.Tensor]:
@@ -570,18 +632,22 @@ class OnPolicyAgent(BaseAlgorithm):
         :meth:`_polyak_closure`) and the critic takes an Adam step. ``kl`` (the policy's divergence from the
         rollout's on the minibatch) reaches a line search built with ``max_kl``.
         """
+        hook = None if self._dp is None else self._dp.average_gradients
         if value_loss is None:
             return rlopt.closure_step(self.optimizer, policy_loss, max_grad_norm=self.max_grad_norm,
-                                      value=value, kl=kl)
+                                      value=value, kl=kl, grad_hook=hook)
         if self.critic_optimizer is None:
             vf_coef = self.vf_coef
 
             def closure() -> torch.Tensor:
                 return policy_loss() + vf_coef * value_loss()
 
-            return rlopt.closure_step(self.optimizer, closure, max_grad_norm=self.max_grad_norm, kl=kl)
-        loss = rlopt.closure_step(self.optimizer, policy_loss, max_grad_norm=self.max_grad_norm, value=value, kl=kl)
-        vloss = rlopt.closure_step(self.critic_optimizer, value_loss, max_grad_norm=self.max_grad_norm)
+            return rlopt.closure_step(self.optimizer, closure, max_grad_norm=self.max_grad_norm, kl=kl,
+                                      grad_hook=hook)
+        loss = rlopt.closure_step(self.optimizer, policy_loss, max_grad_norm=self.max_grad_norm, value=value, kl=kl,
+                                  grad_hook=hook)
+        vloss = rlopt.closure_step(self.critic_optimizer, value_loss, max_grad_norm=self.max_grad_norm,
+                                   grad_hook=hook)
         return loss.detach() + self.vf_coef * vloss.detach()
 
     def _apply_lr_schedule(self) -> None:
@@ -606,6 +672,46 @@ class OnPolicyAgent(BaseAlgorithm):
 
         return kl
 
+    # ------------------------------------------------------------------------- statistics over the ranks' data
+    def _union_mean_of(self, means: torch.Tensor) -> torch.Tensor:
+        """Per-rank means of equal-sized samples as the mean over their union (the ranks' mean; one collective
+        in a data-parallel run, ``means`` itself otherwise)."""
+        return means if self._dp is None else self._dp.mean(means).to(means.dtype)
+
+    def _union_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """``x.mean()`` over the union of the ranks' samples (of any sizes)."""
+        if self._dp is None:
+            return x.mean()
+        total = self._dp.sum(torch.stack((x.detach().double().sum(), x.new_tensor(x.numel(), dtype=torch.float64))))
+        return (total[0] / total[1]).to(x.dtype)
+
+    def _normalized(self, adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """``((adv - mean) / scale, scale)``, ``scale = std + 1e-8``, over the union of the ranks' samples, when
+        ``normalize_advantage`` and there is more than one sample; else ``(adv, 1.0)``."""
+        if not self.normalize_advantage:
+            return adv, 1.0
+        if self._dp is None:
+            if len(adv) <= 1:
+                return adv, 1.0
+            scale = adv.std() + 1e-8
+            return (adv - adv.mean()) / scale, scale
+        mean, std, n = self._dp.moments(adv.unsqueeze(1))
+        if n <= 1:
+            return adv, 1.0
+        scale = std[0] + 1e-8
+        return (adv - mean[0]) / scale, scale
+
+    def _update_obs_stats(self) -> None:
+        """Merge the rollout's valid observations (of every rank) into the policy's running statistics."""
+        buf = self.rollout_buffer
+        obs = buf.observations[buf.valid]
+        if self._dp is None:
+            self.policy.update_obs_stats(obs)
+            return
+        mean, std, n = self._dp.moments(obs.to(torch.float64))
+        var = std.square() * ((n - 1) / n) if n > 0 else std
+        self.policy.merge_obs_stats(mean.reshape(-1), var.reshape(-1), n)
+
     def _set_policy_lower_bound(self, advantages: torch.Tensor, clip_range: float) -> None:
         """Set ``f_star`` of the policy's own optimizer (when its rule takes one and ``optimizer_kwargs`` does
         not fix it) to the infimum of the clipped ratio surrogate over all ratios on these advantages
@@ -617,7 +723,7 @@ class OnPolicyAgent(BaseAlgorithm):
             return
         if "f_star" not in self.optimizer.param_groups[0]:
             return
-        bound = surrogate_infimum(advantages, clip_range)
+        bound = self._union_mean_of(surrogate_infimum(advantages, clip_range))
         if self.ent_coef > 0:
             if not isinstance(self.action_space, spaces.Discrete):
                 return
@@ -672,10 +778,14 @@ class OnPolicyAgent(BaseAlgorithm):
         surrogate can certify, ``J_hat + T sigma (sup - (-L(theta_old)))``.
         """
         scale = self._polyak_horizon * float(advantage_scale)  # read from the device only under "polyak"
-        at_rollout = -float(advantages.mean())  # the ratio surrogate's loss at rho = 1
+        # the ratio surrogate's loss at rho = 1 and its supremum, over the union of the ranks' minibatches
+        if supremum is None:
+            at_rollout = -float(self._union_mean_of(advantages.mean()))
+        else:
+            at_rollout, sup = (float(v) for v in self._union_mean_of(torch.stack((-advantages.mean(), supremum))))
         j_hat, target = self._return_estimate, self._polyak_target
         if supremum is not None:
-            target = min(target, j_hat + scale * (float(supremum) + at_rollout))
+            target = min(target, j_hat + scale * (sup + at_rollout))
         for group in self.optimizer.param_groups:
             group["j_star"] = target / scale
         ent_coef = self.ent_coef
@@ -764,8 +874,7 @@ class OnPolicyAgent(BaseAlgorithm):
             self._apply_lr_schedule()
             self.train()
             if getattr(self.policy, "normalize_obs", False):
-                buf = self.rollout_buffer
-                self.policy.update_obs_stats(buf.observations[buf.valid])
+                self._update_obs_stats()
             self._n_updates += 1
             if iteration % log_interval == 0:
                 self._dump_logs_at(iteration)

@@ -168,11 +168,17 @@ class ActorCriticPolicy(BasePolicy):
         ``norm_obs=True`` and ``clip_obs=10``, but inside the policy, so ``predict`` and saved models carry it).
         """
         x = obs.reshape(obs.shape[0], -1).to(self.obs_mean.dtype)
-        n = x.shape[0]
-        if n == 0:
+        if x.shape[0] == 0:
             return
-        batch_mean = x.mean(0)
-        batch_var = x.var(0, unbiased=False)
+        self.merge_obs_stats(x.mean(0), x.var(0, unbiased=False), x.shape[0])
+
+    @torch.no_grad()
+    def merge_obs_stats(self, batch_mean: torch.Tensor, batch_var: torch.Tensor, n: int) -> None:
+        """Merge the mean and (biased) variance of ``n`` observations into the running statistics."""
+        if n <= 0:
+            return
+        batch_mean = batch_mean.to(self.obs_mean.dtype)
+        batch_var = batch_var.to(self.obs_var.dtype)
         count = self.obs_count.clone()
         total = count + n
         delta = batch_mean - self.obs_mean

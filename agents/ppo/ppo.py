@@ -93,10 +93,18 @@ class PPO(OnPolicyAgent):
             n_envs=n_envs, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda, ent_coef=ent_coef,
             vf_coef=vf_coef, max_grad_norm=max_grad_norm, normalize_advantage=normalize_advantage, **kwargs,
         )
-        rollout = self.n_steps * self.n_envs if self.env is not None else None
+        if self.batch_size % self.world_size:
+            raise ValueError(f"Invalid batch_size: {self.batch_size} is split over the {self.world_size} ranks of the "
+                             f"data-parallel run: use a multiple of {self.world_size}")
+        rollout = self.n_steps * self.n_envs * self.world_size if self.env is not None else None
         if rollout is not None and self.batch_size > rollout:  # SB3 warns about its minibatch sizes too
             warnings.warn(f"batch_size={self.batch_size} is larger than the rollout (n_steps * n_envs = {rollout}): "
                           "every minibatch is the whole rollout", UserWarning, stacklevel=2)
+
+    @property
+    def _rank_batch_size(self) -> int:
+        """This rank's share of a minibatch (``batch_size`` when training alone)."""
+        return self.batch_size // self.world_size
 
     @staticmethod
     def surrogate_infimum(advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
@@ -105,8 +113,8 @@ class PPO(OnPolicyAgent):
         return loss_terms.surrogate_infimum(advantages, clip_range)
 
     def _minibatches_per_pass(self) -> int:
-        n_envs = getattr(self, "n_envs", None) or 1
-        return max(1, math.ceil(self.n_steps * n_envs / self.batch_size))
+        n_envs = getattr(self, "n_envs", None) or 1  # this rank's copies, and its share of a minibatch
+        return max(1, math.ceil(self.n_steps * n_envs / self._rank_batch_size))
 
     def _policy_step_loss(
         self, policy_loss: Callable[[], torch.Tensor], first: dict[str, torch.Tensor], adv: torch.Tensor,
@@ -132,13 +140,9 @@ class PPO(OnPolicyAgent):
         if self._polyak:
             self._polyak_update_target()
         for _ in range(self.n_epochs):
-            for idx in self._minibatches(batch, self.batch_size):
+            for idx in self._minibatches(batch, self._rank_batch_size):
                 mb = batch.index(idx)
-                adv = mb.advantages
-                adv_scale: torch.Tensor | float = 1.0
-                if self.normalize_advantage and len(adv) > 1:
-                    adv_scale = adv.std() + 1e-8
-                    adv = (adv - adv.mean()) / adv_scale
+                adv, adv_scale = self._normalized(mb.advantages)
                 # statistics of the current iterate come from the first (differentiable) evaluation;
                 # a line search evaluates the closures again at trial points under no_grad
                 first: dict[str, torch.Tensor] = {}
@@ -164,7 +168,8 @@ class PPO(OnPolicyAgent):
                 if self.target_kl is not None:  # SB3's check: the KL before this minibatch's step
                     with torch.no_grad():
                         log_prob, _ = policy.log_prob_and_entropy(mb.observations, mb.actions)
-                    if loss_terms.kl_stop(loss_terms.approx_kl(log_prob - mb.log_probs), self.target_kl):
+                    kl_before = self._union_mean_of(loss_terms.approx_kl(log_prob - mb.log_probs))
+                    if loss_terms.kl_stop(kl_before, self.target_kl):
                         stop = True
                         break
                 step_loss = self._policy_step_loss(policy_loss, first, adv, adv_scale)

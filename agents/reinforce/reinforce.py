@@ -149,6 +149,12 @@ class REINFORCE(OnPolicyAgent):
         buf, policy = self.rollout_buffer, self.policy
         weights, usable, returns = self._weights()
         n_episodes = int(returns.numel())
+        n_usable = local_usable = int(usable.sum())
+        j_hat = float(returns.mean()) if n_episodes else 0.0
+        if self._dp is not None:  # the episodes and samples of every rank
+            totals = self._dp.sum(torch.tensor([n_episodes, float(returns.sum()), n_usable], dtype=torch.float64))
+            n_episodes, n_usable = int(totals[0]), int(totals[2])
+            j_hat = float(totals[1]) / max(n_episodes, 1)
         if n_episodes == 0:
             warnings.warn(
                 f"no episode ended within the rollout of n_steps={self.n_steps}; skipping the update "
@@ -162,10 +168,15 @@ class REINFORCE(OnPolicyAgent):
         actions = buf.actions.reshape(-1, *buf.actions.shape[2:])[idx]
         w = weights.reshape(-1)[idx]
         if self.baseline:
-            w = w - w.mean()
-        if self.normalize_advantage and len(w) > 1:
-            w = w / (w.std() + 1e-8)
-        self._return_estimate = j_hat = float(returns.mean())
+            w = w - self._union_mean(w)
+        if self.normalize_advantage and n_usable > 1:
+            w = w / ((w.std() if self._dp is None else self._dp.moments(w.unsqueeze(1))[1][0]) + 1e-8)
+        self._return_estimate = j_hat
+        # the ranks' mean of world_size * (this rank's sum) / (the union's count) is the union's mean: a rank's
+        # losses are scaled so (the optimizers average them, and the gradients, over the ranks)
+        share = float(self.world_size)
+        # this rank's weight in a mean over the union's samples (1 when training alone)
+        weight = share * local_usable / max(n_usable, 1)
         self._set_sps_lower_bound(j_hat)
         first: dict[str, torch.Tensor] = {}
 
@@ -176,13 +187,20 @@ class REINFORCE(OnPolicyAgent):
             # -J_hat(theta') to first order (importance ratio, as in TRPO's surrogate): -J_hat at theta,
             # gradient exactly the GPOMDP/REINFORCE estimate there (d ratio = d log pi at ratio 1)
             ratio = torch.exp(log_prob - first["log_prob"])
-            pg_loss = -j_hat - ((ratio - 1.0) * w).sum() / n_episodes
-            ent = entropy.mean()
+            pg_loss = -j_hat - share * ((ratio - 1.0) * w).sum() / n_episodes
+            # the mean entropy over the union's samples, in the ranks' mean (a rank may hold none)
+            ent = entropy.mean() if self._dp is None else entropy.sum() * (share / n_usable)
             if torch.is_grad_enabled() and "pg" not in first:
                 first["pg"], first["entropy"] = pg_loss.detach(), ent.detach()
             return pg_loss - self.ent_coef * ent
 
-        kl = self._kl_closure(obs, actions, buf.log_probs.reshape(-1)[idx])  # the rollout's policy
+        local_kl = self._kl_closure(obs, actions, buf.log_probs.reshape(-1)[idx])  # the rollout's policy
+
+        def kl() -> torch.Tensor:
+            if self._dp is None:
+                return local_kl()
+            return local_kl() * weight if local_usable else torch.zeros((), device=self.device)
+
         loss = self._step_losses(policy_loss, None, kl, value=j_hat if self._polyak else None)
         stats: dict[str, list[float]] = {}
         self._record_step_stats(stats)

@@ -414,3 +414,36 @@ def test_a_registered_optimizer_is_accepted_by_name_everywhere() -> None:
             rlopt.register_optimizer(spec)
     finally:
         del rlopt.OPTIMIZERS["rmsprop-test"]
+
+
+def test_grad_hook_sees_the_gradients_before_the_rule_and_clipping() -> None:
+    """A gradient hook (the agents' data-parallel averaging) changes the gradients every later read uses: the
+    Polyak step and ``stats`` are those of the hooked gradient; a removed hook no longer runs."""
+    w = nn.Parameter(torch.tensor([3.0, -4.0], dtype=torch.float64))
+    opt = rlopt.SPS([w], c=0.5, max_lr=10.0)
+    seen: list[torch.Tensor] = []
+
+    def double(_: object, grads: list[torch.Tensor]) -> None:
+        seen.append(grads[0].clone())
+        for g in grads:
+            g.mul_(2.0)
+
+    handle = opt.register_grad_hook(double)
+    opt.step(lambda: 0.5 * (w * w).sum())  # f = 12.5, g = w, the hook makes it 2w
+    g = 2.0 * torch.tensor([3.0, -4.0], dtype=torch.float64)
+    eta = 12.5 / (0.5 * float(g @ g))
+    torch.testing.assert_close(w.detach(), torch.tensor([3.0, -4.0], dtype=torch.float64) - eta * g)
+    assert opt.stats["grad_norm"] == pytest.approx(10.0) and len(seen) == 1
+    handle.remove()
+    opt.step(lambda: 0.5 * (w * w).sum())
+    assert len(seen) == 1
+
+    # closure_step: the hook runs on a torch optimizer's gradients before clipping, once per rlopt step
+    v = nn.Parameter(torch.tensor([1.0, 0.0]))
+    sgd = torch.optim.SGD([v], lr=1.0)
+    rlopt.closure_step(sgd, lambda: (v * torch.tensor([3.0, 4.0])).sum(), max_grad_norm=1.0,
+                       grad_hook=lambda grads: [g.zero_().add_(torch.tensor([0.0, 2.0])) for g in grads])
+    torch.testing.assert_close(v.detach(), torch.tensor([1.0, -1.0]))  # clipped after the hook: norm 2 -> 1
+    calls: list[int] = []
+    rlopt.closure_step(opt, lambda: 0.5 * (w * w).sum(), grad_hook=lambda grads: calls.append(len(grads)))
+    assert calls == [1] and not opt._grad_hooks  # registered for the step only

@@ -1,0 +1,162 @@
+"""Data-parallel agents on ``torch.distributed``: what the ranks of one training run exchange.
+
+Each rank steps its own share of the env copies on its own device and seed stream; everything a decision is
+taken from is then made the same on every rank, so the ranks stay bit-identical without a parameter broadcast
+after the first:
+
+* gradients: averaged in one flat all-reduce per backward (:meth:`DataParallel.average_gradients`), before
+  clipping or a step-size rule reads them;
+* the step-size rules' scalars (losses, ``||g||^2``, trial losses, KL): the optimizers' ``process_group``;
+* statistics that normalise or bound a loss (the advantages' mean and standard deviation, the surrogate's
+  infimum, the mean KL of PPO's ``target_kl``, the observation statistics): over the union of the ranks' data;
+* episode statistics: gathered, so every rank holds the same ``ep_info_buffer`` (and return estimate);
+* a callback that stops training: honoured by every rank at the end of the rollout.
+
+The policy is not wrapped in ``DistributedDataParallel``: its losses come from methods other than ``forward``
+(``log_prob_and_entropy``, ``value``), and a line search evaluates them again without gradients, which DDP's
+reducer does not expect. One flat all-reduce of the gradients is what DDP's buckets amount to for networks of
+this size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["DataParallel", "resolve_data_parallel"]
+
+
+class DataParallel:
+    """The ranks of a process group, seen from one of them.
+
+    Args:
+        group: the torch.distributed process group (``dist.group.WORLD`` for all processes).
+        device: the device of this rank's tensors (collectives run on it: NCCL needs CUDA tensors).
+    """
+
+    def __init__(self, group: Any, device: torch.device) -> None:
+        import torch.distributed as dist
+
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self.device = device
+
+    # ------------------------------------------------------------------------------------------ reductions
+    def sum(self, values: Tensor) -> Tensor:
+        """The sum over ranks of ``values`` (a float64 copy; one collective)."""
+        import torch.distributed as dist
+
+        out = values.detach().to(self.device, torch.float64).clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
+        return out
+
+    def mean(self, values: Tensor) -> Tensor:
+        """The mean over ranks of ``values`` (float64; one collective)."""
+        return self.sum(values) / self.world_size
+
+    def max(self, values: Tensor) -> Tensor:
+        """The elementwise maximum over ranks of ``values`` (float64; one collective)."""
+        import torch.distributed as dist
+
+        out = values.detach().to(self.device, torch.float64).clone()
+        dist.all_reduce(out, op=dist.ReduceOp.MAX, group=self.group)
+        return out
+
+    def moments(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
+        """``(mean, unbiased std, count)`` of the rows of ``x`` over the union of the ranks' rows (one
+        collective), as ``x.mean(0)``, ``x.std(0)`` and ``len(x)`` of one process holding them all."""
+        flat = x.detach().reshape(x.shape[0], -1).to(torch.float64)
+        total = self.sum(torch.cat((flat.new_tensor([flat.shape[0]]), flat.sum(0), flat.square().sum(0))))
+        n = int(total[0])
+        d = flat.shape[1]
+        mean = total[1:1 + d] / max(n, 1)
+        var = (total[1 + d:] - n * mean.square()).clamp_min(0.0) / max(n - 1, 1)
+        return mean.to(x.dtype).reshape(x.shape[1:]), var.sqrt().to(x.dtype).reshape(x.shape[1:]), n
+
+    def average_gradients(self, grads: list[Tensor]) -> None:
+        """Replace every gradient by its mean over the ranks, in one all-reduce of their concatenation.
+
+        Every rank must pass gradients of the same shapes in the same order (the same loss on its own data).
+        """
+        import torch.distributed as dist
+
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+        flat /= self.world_size
+        for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            g.copy_(part.view_as(g))
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's parameters and buffers to every rank (one collective per floating-point dtype)."""
+        import torch.distributed as dist
+
+        tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+        for dtype in sorted({t.dtype for t in tensors}, key=str):
+            group = [t for t in tensors if t.dtype == dtype]
+            flat = torch.cat([t.detach().reshape(-1) for t in group])
+            dist.broadcast(flat, src=dist.get_global_rank(self.group, 0), group=self.group)
+            with torch.no_grad():
+                for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
+                    t.copy_(part.view_as(t))
+
+    def broadcast_int(self, value: int) -> int:
+        """Rank 0's ``value`` on every rank."""
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.broadcast(t, src=dist.get_global_rank(self.group, 0), group=self.group)
+        return int(t[0])
+
+    def check_same(self, name: str, value: int) -> None:
+        """Raise ValueError on every rank unless every rank has the same ``value`` (one collective)."""
+        extremes = self.max(torch.tensor([value, -value], dtype=torch.float64))
+        low, high = -int(extremes[1]), int(extremes[0])
+        if low != high:
+            raise ValueError(f"{name} differs between the ranks of the data-parallel run (from {low} to {high}): "
+                             "every rank must have the same")
+
+    def gather_episodes(self, returns: Tensor, lengths: Tensor, stop: bool) -> tuple[list[float], list[int], bool]:
+        """Every rank's ended episodes, in rank order, and whether any rank asked to stop (two collectives)."""
+        import torch.distributed as dist
+
+        header = torch.tensor([returns.numel(), float(stop)], dtype=torch.float64, device=self.device)
+        headers = [torch.empty_like(header) for _ in range(self.world_size)]
+        dist.all_gather(headers, header, group=self.group)
+        counts = [int(h[0]) for h in headers]
+        any_stop = any(bool(h[1]) for h in headers)
+        width = max(counts)
+        if width == 0:
+            return [], [], any_stop
+        local = torch.zeros(2, width, dtype=torch.float64, device=self.device)
+        local[0, : returns.numel()] = returns.detach().to(torch.float64)
+        local[1, : lengths.numel()] = lengths.detach().to(torch.float64)
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local, group=self.group)
+        rets: list[float] = []
+        lens: list[int] = []
+        for part, n in zip(parts, counts, strict=True):
+            rets.extend(part[0, :n].tolist())
+            lens.extend(int(v) for v in part[1, :n].tolist())
+        return rets, lens, any_stop
+
+
+def resolve_data_parallel(process_group: Any, device: torch.device) -> DataParallel | None:
+    """``process_group`` as the agents take it: ``"world"`` (the default) is torch.distributed's world group when
+    a process group is initialized and has more than one rank, else no data parallelism; None opts out; a
+    process group of more than one rank is used as given."""
+    import torch.distributed as dist
+
+    if isinstance(process_group, str):
+        if process_group != "world":
+            raise ValueError(f"Invalid process_group: {process_group!r}, expected 'world', None or a ProcessGroup")
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        process_group = dist.group.WORLD
+    if process_group is None or dist.get_world_size(process_group) == 1:
+        return None
+    return DataParallel(process_group, device)
