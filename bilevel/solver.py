@@ -140,6 +140,16 @@ def _leaf_tree(tree: Tree, requires_grad: bool) -> Tree:
     return _tree.tree_map(lambda t: t.detach().clone().requires_grad_(requires_grad), tree)
 
 
+def _decides_alone(spec: object, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with ``process_group=None`` for an rlopt rule: the solver's losses are already those of the
+    problem (a :class:`rlopt.bilevel.problems.DataParallelProblem` averages them over its ranks itself), and
+    a solver in a torch.distributed program must not average its decisions with other ranks' solvers."""
+    cls = rlopt.optimizer_spec(spec).cls if isinstance(spec, (str, type)) else None
+    if isinstance(cls, type) and issubclass(cls, rlopt.StepSizeOptimizer):
+        options = {"process_group": None, **options}
+    return options
+
+
 def _check_rule(spec: object, name: str) -> None:
     if isinstance(spec, str):
         if spec not in RULES and spec.lower() not in rlopt.OPTIMIZERS:
@@ -278,6 +288,7 @@ class BilevelSolver:
             envelope = rlopt.envelope.InvSqrt(lr)
             if spec.endswith("-adam"):
                 options.setdefault("precondition", "adam")
+            options.setdefault("process_group", None)  # see _decides_alone
             if spec.startswith("bisls"):
                 batch = self.problem.lower_batch_size or self.problem.n_lower
                 options.setdefault("n_batches_per_epoch", max(1, math.ceil(self.problem.n_lower / batch)))
@@ -287,7 +298,7 @@ class BilevelSolver:
         if lr_b is not None:
             options.setdefault("lr", lr_b)
         if isinstance(spec, (str, type)):
-            return rlopt.build_optimizer(spec, params, **options)
+            return rlopt.build_optimizer(spec, params, **_decides_alone(spec, options))
         assert callable(spec)
         return spec(params, **options)
 
@@ -309,7 +320,7 @@ class BilevelSolver:
         if self.upper_lr is not None:
             options.setdefault("lr", self.upper_lr)
         if isinstance(spec, (str, type)):
-            self.upper_opt = rlopt.build_optimizer(spec, params, **options)
+            self.upper_opt = rlopt.build_optimizer(spec, params, **_decides_alone(spec, options))
         else:
             assert callable(spec)
             self.upper_opt = spec(params, **options)

@@ -7,10 +7,13 @@
 - :class:`MetaGradientRL`: tune an actor-critic's discount, GAE lambda or entropy weight online by the
   one-step look-ahead meta-gradient (Xu et al. 2018) on a tensor-batched env; its batches are rollouts
   collected with the current policy (solver algorithm ``"lookahead"``).
+- :class:`DataParallelProblem`: a data-set problem split over torch.distributed ranks, with the losses (and all
+  their derivatives) of the union.
 """
 
 from rlopt.bilevel.problems.base import BilevelProblem
 from rlopt.bilevel.problems.classification import DataHyperCleaning, HyperRepresentation, RegularizationHPO
+from rlopt.bilevel.problems.distributed import DataParallelProblem
 from rlopt.bilevel.problems.metagrad import MetaGradientRL, Rollout
 from rlopt.bilevel.problems.ridge import Ridge
 
@@ -27,6 +30,7 @@ __all__ = [
     "PROBLEMS",
     "BilevelProblem",
     "DataHyperCleaning",
+    "DataParallelProblem",
     "HyperRepresentation",
     "MetaGradientRL",
     "RegularizationHPO",
