@@ -125,25 +125,6 @@ def _periodic_evaluation(eval_env: Any, threshold: float | None, n_episodes: int
                               deterministic=True, verbose=0)
 
 
-def _init_distributed(device: str) -> tuple[str, bool]:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1 in the environment): NCCL on CUDA, gloo on
-    the CPU. Returns ``(this rank's device, whether this call initialized the group)``."""
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return device, False
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return device, True
-
-
 def train_main(argv: list[str] | None = None) -> int:
     """Train a policy-gradient agent (PPO, A2C, REINFORCE/GPOMDP) with any step-size rule.
 
@@ -151,15 +132,10 @@ def train_main(argv: list[str] | None = None) -> int:
     data-parallel (see the module docstring).
     """
     args = _parser().parse_args(argv)
-    args.device, initialized = _init_distributed(args.device)
-    try:
-        return _train(args)
-    finally:
-        if initialized:
-            import torch.distributed as dist
+    from rlopt.agents.common.distributed import torchrun_process_group
 
-            dist.barrier()  # no rank tears the group down while another still uses it
-            dist.destroy_process_group()
+    with torchrun_process_group(args.device) as (args.device, _):
+        return _train(args)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -20,12 +20,17 @@ this size.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["DataParallel", "resolve_data_parallel"]
+__all__ = ["BUCKET_BYTES", "DataParallel", "resolve_data_parallel", "torchrun_process_group"]
+
+#: the most bytes of gradients all-reduced at once (DistributedDataParallel's default ``bucket_cap_mb``)
+BUCKET_BYTES = 25 * 2**20
 
 
 class DataParallel:
@@ -77,19 +82,31 @@ class DataParallel:
         return mean.to(x.dtype).reshape(x.shape[1:]), var.sqrt().to(x.dtype).reshape(x.shape[1:]), n
 
     def average_gradients(self, grads: list[Tensor]) -> None:
-        """Replace every gradient by its mean over the ranks, in one all-reduce of their concatenation.
+        """Replace every gradient by its mean over the ranks: one all-reduce per bucket of at most
+        ``BUCKET_BYTES`` (DDP's default size) of gradients of one dtype, each bucket the concatenation of its
+        gradients (one bucket for the agents' networks; bounded extra memory for a language model's).
 
         Every rank must pass gradients of the same shapes in the same order (the same loss on its own data).
         """
         import torch.distributed as dist
 
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
-        flat /= self.world_size
-        for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-            g.copy_(part.view_as(g))
+        buckets: list[list[Tensor]] = []
+        current: dict[torch.dtype, tuple[list[Tensor], int]] = {}
+        for g in grads:
+            bucket, size = current.get(g.dtype, ([], 0))
+            bucket.append(g)
+            size += g.numel() * g.element_size()
+            if size >= BUCKET_BYTES:
+                buckets.append(bucket)
+                bucket, size = [], 0
+            current[g.dtype] = (bucket, size)
+        buckets.extend(bucket for bucket, _ in current.values() if bucket)
+        for bucket in buckets:
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+            flat /= self.world_size
+            for g, part in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
+                g.copy_(part.view_as(g))
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
         """Copy rank 0's parameters and buffers to every rank (one collective per floating-point dtype)."""
@@ -120,6 +137,21 @@ class DataParallel:
             raise ValueError(f"{name} differs between the ranks of the data-parallel run (from {low} to {high}): "
                              "every rank must have the same")
 
+    def gather(self, values: Tensor) -> list[Tensor]:
+        """Every rank's 1-D ``values`` (of any lengths), in rank order (two collectives)."""
+        import torch.distributed as dist
+
+        values = values.detach().reshape(-1).to(self.device, torch.float64)
+        size = torch.tensor([values.numel()], dtype=torch.float64, device=self.device)
+        sizes = [torch.empty_like(size) for _ in range(self.world_size)]
+        dist.all_gather(sizes, size, group=self.group)
+        counts = [int(n) for n in sizes]
+        padded = torch.zeros(max(max(counts), 1), dtype=torch.float64, device=self.device)
+        padded[: values.numel()] = values
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded, group=self.group)
+        return [part[:n] for part, n in zip(parts, counts, strict=True)]
+
     def gather_episodes(self, returns: Tensor, lengths: Tensor, stop: bool) -> tuple[list[float], list[int], bool]:
         """Every rank's ended episodes, in rank order, and whether any rank asked to stop (two collectives)."""
         import torch.distributed as dist
@@ -143,6 +175,33 @@ class DataParallel:
             rets.extend(part[0, :n].tolist())
             lens.extend(int(v) for v in part[1, :n].tolist())
         return rets, lens, any_stop
+
+
+@contextmanager
+def torchrun_process_group(device: str) -> Iterator[tuple[str, int]]:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1 in the environment) for the block: NCCL on
+    CUDA (this rank on ``cuda:LOCAL_RANK``), gloo on the CPU; left at the end after a barrier. Yields ``(this
+    rank's device, its rank)``; without torchrun (or with a group already initialized) ``(device, rank)``
+    unchanged."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield device, dist.get_rank() if dist.is_initialized() else 0
+        return
+    if torch.device(device).type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    try:
+        yield device, dist.get_rank()
+        dist.barrier()  # no rank tears the group down while another still uses it
+    finally:
+        dist.destroy_process_group()
 
 
 def resolve_data_parallel(process_group: Any, device: torch.device) -> DataParallel | None:

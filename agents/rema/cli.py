@@ -4,6 +4,10 @@ the history, TensorBoard logs and a PNG of accuracy over training.
 Defaults run on a laptop CPU in a few minutes: tiny character transformers on the built-in arithmetic task
 (2-4 operands; out-of-distribution evaluation on 5-6), a supervised warm start on generated demonstrations,
 then REINFORCE++ with separate weights and the alternating schedule.
+
+Under ``torchrun`` (``torchrun --nproc_per_node=N --no-python rlopt rema ...``) the processes train one pair of
+agents data-parallel, each rolling out its share of every batch of questions (on ``cuda:LOCAL_RANK`` with
+``--device cuda``); rank 0 alone prints and writes.
 """
 
 from __future__ import annotations
@@ -121,6 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     Runs ``rlopt rema`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
     """
     args = build_parser().parse_args(argv)
+    from rlopt.agents.common.distributed import torchrun_process_group
+
+    with torchrun_process_group(args.device) as (args.device, rank):
+        return _main(args, quiet=args.quiet or rank != 0)
+
+
+def _main(args: argparse.Namespace, quiet: bool) -> int:
     if args.threads is not None:
         import torch
 
@@ -159,24 +170,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             optimizer_kwargs=kwargs if mode == "rema" else kwargs["reasoner"],
             tiny_config=TinyConfig(d_model=args.d_model, n_layers=args.n_layers), eval_tasks=eval_tasks,
             ood_tasks=ood_tasks, device=args.device, seed=args.seed,
-            tensorboard_log=args.tensorboard_log or None, verbose=0 if args.quiet else 1)
+            tensorboard_log=args.tensorboard_log or None, verbose=0 if quiet else 1)
         if args.model == "tiny" and args.tasks == "arithmetic" and args.warm_start_steps:
             losses = agent.warm_start(steps=args.warm_start_steps, batch_size=32)
-            if not args.quiet:
+            if not quiet:
                 print(f"[{mode}] warm start done, loss {json.dumps({k: round(v, 4) for k, v in losses.items()})}")
         agent.learn(args.updates, eval_every=args.eval_every, tb_log_name=mode)
         agent.save(out / f"{mode}.pt")
         histories[mode] = agent.history
-        if not args.quiet:
+        if not quiet:
             print(f"[{mode}] {args.updates} updates in {time.perf_counter() - start:.1f}s, final "
                   f"{json.dumps(agent.history[-1] if agent.history else {})}")
+    if agent.rank != 0:  # rank 0 writes the results
+        return 0
     (out / "history.json").write_text(json.dumps(histories, indent=1))
     if any(histories.values()):
         from rlopt.agents.rema.plotting import plot_accuracy
 
         png = plot_accuracy({{"rema": "ReMA", "vrp": "VRP_RL", "mrp": "MRP_RL"}[m]: h for m, h in histories.items()},
                             out / "accuracy.png")
-        if not args.quiet:
+        if not quiet:
             print(f"wrote {png}")
     return 0
 

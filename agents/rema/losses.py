@@ -10,6 +10,8 @@ Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask`` and token advantages are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -66,12 +68,14 @@ def grpo_advantages(rewards: Tensor, groups: Tensor, eps: float = 1e-6) -> Tenso
 
 
 def reinforce_pp_advantages(rewards: Tensor, mask: Tensor, token_kl: Tensor | None = None,
-                            kl_coef: float = 0.0) -> Tensor:
+                            kl_coef: float = 0.0, sum_over_ranks: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """REINFORCE++ token advantages: return-to-go of the KL-shaped reward, whitened over the batch.
 
     The per-token reward is ``-kl_coef * kl_t`` plus the outcome ``r`` on the segment's last token; with
     ``gamma = 1`` the return at token t is ``r - kl_coef * sum_{s >= t} kl_s``; the returns of all masked
     tokens of the batch are then whitened (mean 0, std 1), the global baseline of REINFORCE++.
+    ``sum_over_ranks`` (a data-parallel run's all-reduce) makes the batch the union of the ranks' batches:
+    the whitening's mean and variance are then those of every rank's tokens.
     """
     mask_f = mask.to(rewards.dtype)
     token_rewards = torch.zeros_like(mask_f)
@@ -83,6 +87,12 @@ def reinforce_pp_advantages(rewards: Tensor, mask: Tensor, token_kl: Tensor | No
     rows = torch.arange(mask.shape[0], device=mask.device)[has_tokens]
     token_rewards[rows, last[has_tokens]] += rewards[has_tokens]
     returns = token_rewards.flip(-1).cumsum(-1).flip(-1) * mask_f
+    if sum_over_ranks is not None:
+        moments = sum_over_ranks(torch.stack((mask_f.sum(), returns.sum(), returns.square().sum())))
+        n = moments[0].clamp_min(1.0)
+        mean_t = moments[1] / n
+        var_t = (moments[2] / n - mean_t.square()).clamp_min(0.0)
+        return (returns - mean_t.to(returns.dtype)) / (var_t.sqrt().to(returns.dtype) + 1e-8) * mask_f
     mean = masked_mean(returns, mask_f)
     var = masked_mean((returns - mean) ** 2, mask_f)
     return (returns - mean) / (var.sqrt() + 1e-8) * mask_f

@@ -31,10 +31,12 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 import rlopt
+from rlopt.agents.common.distributed import resolve_data_parallel
 from rlopt.agents.rema.config import ALGORITHMS, MODES, PAPER_FILTER, ReMAConfig
 from rlopt.agents.rema.losses import grpo_advantages, k3_kl, masked_mean, policy_loss, reinforce_pp_advantages
 from rlopt.agents.rema.policy import Policy, TinyConfig, TinyPolicy
@@ -93,6 +95,14 @@ class ReMA:
         device: torch device of the policies and the sampler.
         tensorboard_log: directory of TensorBoard runs (``None``: no logging).
         verbose: 1 prints a line per evaluation.
+        process_group: data parallelism over torch.distributed (``torchrun``), as the other agents take it:
+            ``"world"`` (the default) over all processes when a process group is initialized with more than one,
+            None to train alone, or a process group. Every rank draws the same ``batch_questions`` questions and
+            rolls out its share of them (``batch_questions`` must be a multiple of the ranks), so each question's
+            group of samples stays on one rank and group baselines are exact; REINFORCE++'s whitening, the prompt
+            filter's success rates, the statistics, the sample and token counts and evaluation are over all
+            ranks; gradients are averaged in buckets (as DDP's) and the rlopt rules decide from the ranks' mean.
+            The ranks keep identical weights; only rank 0 logs, prints and writes checkpoints.
 
     Raises:
         TypeError: for a keyword that is neither an argument nor a :class:`ReMAConfig` field.
@@ -123,10 +133,19 @@ class ReMA:
         device: str | torch.device = "cpu",
         tensorboard_log: str | None = None,
         verbose: int = 0,
+        process_group: Any = "world",
         **overrides: Any,
     ) -> None:
         c = self.config = ReMAConfig.of(config, overrides)
         self.device = torch.device(device)
+        self._dp = resolve_data_parallel(process_group, self.device)
+        if self._dp is not None:
+            if c.batch_questions % self._dp.world_size:
+                raise ValueError(f"Invalid batch_questions: {c.batch_questions} questions are split over the "
+                                 f"{self._dp.world_size} ranks of the data-parallel run: use a multiple of "
+                                 f"{self._dp.world_size}")
+            if self._dp.rank != 0:  # one logger and printer: rank 0's
+                tensorboard_log, verbose = None, 0
         self.seed = c.seed
         self.mode = c.mode
         self.algorithm = c.algorithm
@@ -208,13 +227,21 @@ class ReMA:
                 raise ValueError(f"Invalid optimizer: roles {roles} share one model and need one optimizer, got "
                                  f"{sorted(specs)}")
             kwargs = dict(opt_kwargs[roles[0]] or {})
+            spec = rlopt.optimizer_spec(opt_names[roles[0]] or "adam")
+            if isinstance(spec.cls, type) and issubclass(spec.cls, rlopt.StepSizeOptimizer):
+                # the rule decides from the ranks' mean (or alone), whatever else the program initialized
+                kwargs.setdefault("process_group", None if self._dp is None else self._dp.group)
             self.optimizers[name] = rlopt.build_optimizer(opt_names[roles[0]] or "adam",
                                                           self.policies[roles[0]].parameters(), **kwargs)
         self._optimizer_spec = {r: opt_names[r] if isinstance(opt_names[r], str) else "custom" for r in self.roles}
         self._optimizer_kwargs = {r: dict(opt_kwargs[r] or {}) for r in self.roles}
 
         self.references: dict[str, Policy] = {}
-        self.sampler = torch.Generator(device=self.device).manual_seed(self.seed + 2)
+        # each rank its own stream of samples; rank 0's is that of a run alone
+        sampler_seed = self.seed + 2 if self.rank == 0 else int(
+            np.random.SeedSequence([self.seed + 2, self.rank]).generate_state(1)[0])
+        self.sampler = torch.Generator(device=self.device).manual_seed(sampler_seed)
+        self._broadcast_weights()
         self.num_updates = 0
         self.num_samples = 0
         self.num_generated_tokens = 0
@@ -226,6 +253,27 @@ class ReMA:
         self.history: list[dict[str, float]] = []
         self._logger: Any = None
         self._init_kwargs = {**c.stored(), "verbose": verbose, "tensorboard_log": tensorboard_log}
+
+    # ------------------------------------------------------------------ data parallelism
+    @property
+    def rank(self) -> int:
+        """This process's rank in the data-parallel run (0 when training alone)."""
+        return 0 if self._dp is None else self._dp.rank
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the data-parallel run (1 when training alone)."""
+        return 1 if self._dp is None else self._dp.world_size
+
+    def _broadcast_weights(self) -> None:
+        """Rank 0's weights on every rank (after construction and a warm start)."""
+        if self._dp is not None:
+            for roles in self._model_roles().values():
+                self._dp.broadcast_module(self.policies[roles[0]])
+
+    def _share(self, items: Sequence[Any]) -> list[Any]:
+        """This rank's share of ``items`` (every ``world_size``-th from its rank; all of them alone)."""
+        return list(items) if self._dp is None else list(items[self._dp.rank :: self._dp.world_size])
 
     # ------------------------------------------------------------------ construction helpers
     def _build_policies(self, policy: str | Policy | Mapping[str, Policy]) -> dict[str, Policy]:
@@ -308,8 +356,18 @@ class ReMA:
         check_choice("role", role, ROLES)
         if not tasks:
             raise ValueError("Invalid tasks: no questions to filter")
-        rates, tokens = success_rates(self.policies["meta"], self.policies["reasoner"], tasks, role, self.filter_k,
-                                      self.sampling.max_new_tokens, self.sampler, self.prompts, self.rewards)
+        rates, tokens = success_rates(self.policies["meta"], self.policies["reasoner"], self._share(tasks), role,
+                                      self.filter_k, self.sampling.max_new_tokens, self.sampler, self.prompts,
+                                      self.rewards)
+        if self._dp is not None:  # every rank measured its share: the rates in the order of tasks, on every rank
+            local = torch.cat((rates.double().cpu(), torch.tensor([float(tokens)], dtype=torch.float64)))
+            parts = self._dp.gather(local)
+            full = torch.empty(len(tasks), dtype=torch.float64)
+            tokens = 0
+            for r, part in enumerate(parts):
+                full[r :: self._dp.world_size] = part[:-1].cpu()
+                tokens += int(part[-1])
+            rates = full.to(rates.device)
         self.num_filter_tokens += tokens
         self.num_generated_tokens += tokens
         keep = in_range(rates, *self.prompt_filter).nonzero().flatten().tolist()
@@ -399,6 +457,7 @@ class ReMA:
                 loss_value = float(loss.detach())
             losses[name] = loss_value
         self.references = {}
+        self._broadcast_weights()  # every rank ran the same steps; rank 0's weights make sure on any device
         return losses
 
     # ------------------------------------------------------------------ training
@@ -433,7 +492,10 @@ class ReMA:
             self._log(stats)
             if eval_every and self.num_updates % eval_every == 0:
                 self._record_eval()
-            if callback is not None and callback(stats) is False:
+            stop = callback is not None and callback(stats) is False
+            if self._dp is not None:  # the ranks stop together
+                stop = bool(self._dp.max(torch.tensor([float(stop)]))[0])
+            if stop:
                 break
         if (self.eval_tasks or self.ood_tasks) and (not self.history or self.history[-1]["update"] != self.num_updates):
             self._record_eval()
@@ -450,7 +512,7 @@ class ReMA:
             start = time.perf_counter()
             filter_stats = self._start_phase(roles[0])
             filter_stats["time/filter_s"] = time.perf_counter() - start
-        tasks = self._next_tasks()
+        tasks = self._share(self._next_tasks())  # the same questions drawn on every rank; this rank's share
         start = time.perf_counter()
         rollout = self.rollout(tasks)
         stats = dict(rollout.stats)
@@ -466,7 +528,15 @@ class ReMA:
                 continue
             stats.update(self._optimize(name, {r: batches[r] for r in active if r in batches}))
         self.num_updates += 1
-        self.num_samples += len(rollout.role("reasoner"))
+        samples = len(rollout.role("reasoner"))
+        if self._dp is not None:  # statistics of all ranks (means), counts of all ranks (sums)
+            keys = sorted(stats)
+            totals = self._dp.sum(torch.tensor([samples, stats["generated_tokens"], *(stats[k] for k in keys)],
+                                               dtype=torch.float64)).tolist()
+            samples, generated = int(totals[0]), totals[1]
+            stats = {k: v / self._dp.world_size for k, v in zip(keys, totals[2:], strict=True)}
+            stats["generated_tokens"] = generated
+        self.num_samples += samples
         self.num_generated_tokens += int(stats["generated_tokens"])
         stats["samples"] = float(self.num_samples)
         stats["tokens"] = float(self.num_generated_tokens)
@@ -496,7 +566,8 @@ class ReMA:
             batch["advantages"] = adv[:, None] * mask
         else:
             kl = k3_kl(old, batch["ref_logp"])
-            batch["advantages"] = reinforce_pp_advantages(batch["rewards"], mask, kl, self.kl_coef)
+            batch["advantages"] = reinforce_pp_advantages(batch["rewards"], mask, kl, self.kl_coef,
+                                                          None if self._dp is None else self._dp.sum)
         return batch
 
     def _optimize(self, name: str, batches: dict[str, dict[str, Tensor]]) -> dict[str, float]:
@@ -516,8 +587,10 @@ class ReMA:
         optimizer = self.optimizers[name]
         value = float(torch.stack([b["rewards"].mean() for b in batches.values()]).mean())
         stats: dict[str, float] = {}
+        hook = None if self._dp is None else self._dp.average_gradients
         for _ in range(self.n_epochs):
-            loss = rlopt.closure_step(optimizer, closure, max_grad_norm=self.max_grad_norm, value=value)
+            loss = rlopt.closure_step(optimizer, closure, max_grad_norm=self.max_grad_norm, value=value,
+                                      grad_hook=hook)
         step_size = rlopt.step_stats(optimizer).step_size
         for role in batches:
             stats[f"{role}/loss"] = float(loss.detach())
@@ -535,15 +608,18 @@ class ReMA:
         """
         if not tasks:
             raise ValueError("Invalid tasks: the evaluation set is empty")
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+        generator = torch.Generator(device=self.device).manual_seed(seed + 7919 * self.rank)
         episodes = 1 if greedy else n_samples
         correct = 0.0
         tokens = 0.0
-        for i in range(0, len(tasks), batch_size):
-            chunk = list(tasks[i : i + batch_size])
+        share = self._share(tasks)  # each rank evaluates its share; the counts are summed over the ranks
+        for i in range(0, len(share), batch_size):
+            chunk = share[i : i + batch_size]
             rollout = self.rollout(chunk, greedy=greedy, n_plans=episodes, n_answers=1, generator=generator)
             correct += rollout.stats["accuracy"] * len(chunk) * episodes
             tokens += rollout.stats["generated_tokens"]
+        if self._dp is not None:
+            correct, tokens = self._dp.sum(torch.tensor([correct, tokens], dtype=torch.float64)).tolist()
         return {"accuracy": correct / (len(tasks) * episodes), "tokens_per_question": tokens / (len(tasks) * episodes)}
 
     def _record_eval(self) -> None:
@@ -570,7 +646,12 @@ class ReMA:
         """Write a checkpoint atomically (:func:`rlopt.agents.rema.checkpoint.save`)."""
         from rlopt.agents.rema import checkpoint
 
-        checkpoint.save(self, path)
+        if self.rank == 0:  # the ranks hold the same weights: one checkpoint, written by rank 0
+            checkpoint.save(self, path)
+        if self._dp is not None:
+            import torch.distributed as dist
+
+            dist.barrier(group=self._dp.group)  # written before any rank goes on (and, say, reads it)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
