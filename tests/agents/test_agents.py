@@ -352,6 +352,32 @@ def test_training_stays_on_the_device(algo: str, device: torch.device) -> None:
     assert all(p.device.type == device.type for p in model.policy.parameters())
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("algo", ["PPO", "A2C"])
+def test_cuda_rollout_takes_no_host_sync_per_step(algo: str) -> None:
+    """The host waits for the device a fixed number of times per rollout and update, whatever the rollout's
+    length: a run of 32 steps per rollout synchronises as often as one of 8 (torch's sync debug mode counts)."""
+    import warnings
+
+    from rlopt import agents
+
+    def syncs(n_steps: int) -> int:
+        kwargs = {"batch_size": 16 * n_steps, "n_epochs": 1} if algo == "PPO" else {}
+        model = getattr(agents, algo)("MlpPolicy", "CartPole-v1", n_envs=16, n_steps=n_steps, device="cuda", seed=0,
+                                      **kwargs)
+        model.learn(16 * n_steps)  # warm-up: lazy initialisations are not the rollout's
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.learn(16 * n_steps, reset_num_timesteps=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(32) == syncs(8)
+
+
 @pytest.mark.parametrize(("optimizer", "separate"), [("adam", False), ("sps", True), ("sls", True), ("ponos", True)])
 def test_line_searches_step_policy_and_critic_separately(optimizer: str, separate: bool, tmp_path: Path) -> None:
     model = _make("PPO", optimizer=optimizer)
