@@ -153,7 +153,7 @@ class OnPolicyAgent(BaseAlgorithm):
     #: the algorithm's name in error messages
     algorithm_name: ClassVar[str] = "OnPolicyAgent"
     #: ``max_kl`` of the policy's line searches unless ``optimizer_kwargs`` sets one (see
-    #: :meth:`_policy_optimizer_kwargs`); None: no trust region (PPO: its clip keeps the policy near)
+    #: :meth:`_policy_optimizer_kwargs`); None: no trust region
     DEFAULT_MAX_KL: ClassVar[float | None] = None
 
     def __init__(
@@ -379,9 +379,9 @@ class OnPolicyAgent(BaseAlgorithm):
         PPO on CartPole-v1 ended at 9/25/14 (3 seeds), with the search at 500/500/498.
         ``optimizer_kwargs={"search": False}`` restores the evaluation-free rules.
 
-        An agent whose update has no clip (A2C, REINFORCE) also gives its policy's searches (SLS, AdaSLS,
-        PoNoS, SPS's search) the trust region ``max_kl=DEFAULT_MAX_KL`` unless ``optimizer_kwargs`` sets
-        ``max_kl`` (``None`` turns it off).
+        The agents also give their policy's searches (SLS, AdaSLS, PoNoS, SPS's search) the trust region
+        ``max_kl=DEFAULT_MAX_KL`` (A2C and REINFORCE 0.01, PPO 0.05) unless ``optimizer_kwargs`` sets ``max_kl``
+        (``None`` turns it off): a trial is accepted only if the policy's KL from the rollout's stays within it.
         """
         kwargs = self._rule_kwargs(self.optimizer_kwargs)
         spec = rlopt.optimizer_spec(self.optimizer_name)
