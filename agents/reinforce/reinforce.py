@@ -6,13 +6,21 @@ import warnings
 from typing import Any, ClassVar
 
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 
 import rlopt
 from rlopt.agents.common.base import OnPolicyAgent
 from rlopt.agents.common.buffer import compute_gae
+from rlopt.agents.common.optim import check_optimizer
 from rlopt.rules.policy_polyak import return_target
 
 ESTIMATORS = ("reinforce", "gpomdp")
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 #: relative margin of the online return target used as SPS's lower bound (PolyakPG's default)
 SPS_MARGIN = 0.1
 
@@ -59,6 +67,18 @@ class REINFORCE(OnPolicyAgent):
     the optimal return is known). Keep ``normalize_advantage=False`` with the Polyak step: it needs the
     gradient of :math:`J` itself, not of a rescaled surrogate.
 
+    ``twin=True`` (with ``"polyak"``) estimates :math:`J^*` by a twin model, as the Polyak policy-gradient paper
+    does (Li et al., arXiv 2404.07525): a second policy, initialised and sampled independently, is trained
+    beside the first on its own copies of the env. After each pair of rollouts the twin whose :math:`\hat J` is
+    lower steps with :math:`J^*` = the other's :math:`\hat J`, a return that a policy of this family reached on
+    this rollout's data; the better one steps with the online target (its running best plus the margin).
+    ``model.policy`` is then the one that measured better (the two swap roles). Both twins' env steps count in
+    ``num_timesteps``. What could be checked of the paper is its abstract and summaries of it ("twin-model"
+    estimation of :math:`V^*`, GPOMDP, an entropy-regularised loss against explosive updates: ``ent_coef``); the
+    public twin-Polyak code moves only the worse twin toward the better one's value. That the better twin steps
+    too, on its online target, is a choice made here (with the worse alone stepping, the gap that sizes every step
+    shrinks as the twins meet, and neither can get past the better one's return but by noise).
+
     Example:
         >>> from rlopt import agents
         >>> model = agents.REINFORCE("MlpPolicy", "CartPole-v1", n_envs=4, n_steps=64, seed=0,
@@ -88,19 +108,72 @@ class REINFORCE(OnPolicyAgent):
         normalize_advantage: bool = False,
         ent_coef: float = 0.0,
         max_grad_norm: float | None = None,
+        twin: bool = False,
         **kwargs: Any,
     ) -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"Invalid estimator: {estimator!r}, expected one of {list(ESTIMATORS)}")
         self.estimator = estimator
         self.baseline = bool(baseline)
+        self.twin = bool(twin)
         self._past_return: torch.Tensor | None = None
         self._best_return = float("-inf")
+        self._rollout: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._twin_agent: REINFORCE | None = None
+        self._twin_target: float | None = None
+        self._twin_callback: BaseCallback | None = None
+        if self.twin:
+            if check_optimizer(optimizer) != "polyak":
+                raise ValueError(f"Invalid twin=True with optimizer={optimizer!r}: the twin model estimates the "
+                                 "return target J* of the Polyak step, use optimizer='polyak'")
+            if not isinstance(env, str):
+                raise ValueError("Invalid twin=True with an env object: the twin builds its own copies of the env, "
+                                 "pass an env id")
+            if kwargs.get("process_group", "world") is not None and _distributed():
+                raise ValueError("Invalid twin=True in a data-parallel run: pass process_group=None")
+        self._twin_spec: dict[str, Any] = {}
         super().__init__(
             policy, env, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, learning_rate=learning_rate,
             n_envs=n_envs, n_steps=n_steps, gamma=gamma, gae_lambda=1.0, ent_coef=ent_coef, vf_coef=0.0,
             max_grad_norm=max_grad_norm, normalize_advantage=normalize_advantage, **kwargs,
         )
+        if self.twin:
+            self._twin_spec = dict(
+                policy=policy, env=env, optimizer_kwargs=optimizer_kwargs, learning_rate=learning_rate,
+                n_steps=n_steps, gamma=gamma, estimator=estimator, baseline=baseline,
+                normalize_advantage=normalize_advantage, ent_coef=ent_coef, max_grad_norm=max_grad_norm,
+                **{k: v for k, v in kwargs.items() if k in ("policy_kwargs", "device", "env_kwargs",
+                                                              "stats_window_size")})
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_twin_agent", "_rollout", "_twin_callback"]
+
+    def _make_twin(self) -> REINFORCE:
+        """The twin: the same agent on its own env copies (seeded after this one's) from its own initialisation."""
+        if not self._twin_spec:
+            raise ValueError("this REINFORCE model was loaded without its twin: build it again with twin=True to "
+                             "train with the twin-model target")
+        n = self.n_envs
+        seed = None if self.seed is None else int(self.seed) + n
+        twin = REINFORCE(optimizer="polyak", n_envs=n, seed=seed, process_group=None, **self._twin_spec)
+        _, twin._twin_callback = twin._setup_learn(1, None, True, "twin", False)  # a callback that never stops
+        twin._reset_env()
+        return twin
+
+    def collect_rollouts(self, callback: Any) -> bool:
+        """The rollout (and, with ``twin=True``, the twin's, on its own env copies; both count in
+        ``num_timesteps``); the Monte-Carlo weights of each are computed once, here."""
+        if not super().collect_rollouts(callback):
+            return False
+        self._rollout = self._weights()
+        if self.twin:
+            if self._twin_agent is None:
+                self._twin_agent = self._make_twin()
+            twin = self._twin_agent
+            before = twin.num_timesteps
+            twin.collect_rollouts(twin._twin_callback)
+            self.num_timesteps += twin.num_timesteps - before
+        return True
 
     def _on_env_reset(self) -> None:
         assert self._stepper is not None
@@ -145,9 +218,32 @@ class REINFORCE(OnPolicyAgent):
             group["f_star"] = -return_target({"margin": SPS_MARGIN}, self._best_return)
 
     def train(self) -> None:
-        """One step on the Monte-Carlo policy-gradient loss of the complete episodes in the rollout."""
+        """One step on the Monte-Carlo policy-gradient loss of the complete episodes in the rollout (with
+        ``twin=True``: of each twin on its own rollout, the worse one aiming at the better one's return)."""
+        twin = self._twin_agent
+        if not self.twin or twin is None or twin._rollout is None or self._rollout is None:
+            self._train_step()
+            return
+        mine, theirs = self._rollout[2], twin._rollout[2]
+        if mine.numel() == 0 or theirs.numel() == 0:  # a twin without an episode cannot be compared
+            self._train_step()
+            twin._train_step()
+            return
+        j_mine, j_theirs = float(mine.mean()), float(theirs.mean())
+        worse, better = (self, twin) if j_mine < j_theirs else (twin, self)
+        worse._twin_target = max(j_mine, j_theirs)
+        worse._train_step()
+        better._train_step()
+        self.logger.record("train/twin_return", j_theirs)
+        if j_theirs > j_mine:  # model.policy is the twin that measured better
+            self.policy, twin.policy = twin.policy, self.policy
+            self.optimizer, twin.optimizer = twin.optimizer, self.optimizer
+            self._best_return, twin._best_return = twin._best_return, self._best_return
+
+    def _train_step(self) -> None:
         buf, policy = self.rollout_buffer, self.policy
-        weights, usable, returns = self._weights()
+        weights, usable, returns = self._rollout if self._rollout is not None else self._weights()
+        self._rollout = None
         n_episodes = int(returns.numel())
         n_usable = local_usable = int(usable.sum())
         j_hat = float(returns.mean()) if n_episodes else 0.0
@@ -201,7 +297,14 @@ class REINFORCE(OnPolicyAgent):
                 return local_kl()
             return local_kl() * weight if local_usable else torch.zeros((), device=self.device)
 
+        target, self._twin_target = self._twin_target, None
+        if target is not None:  # the twin's measured return as J* (above this twin's own J_hat)
+            for group in self.optimizer.param_groups:
+                group["j_star"] = target
         loss = self._step_losses(policy_loss, None, kl, value=j_hat if self._polyak else None)
+        if target is not None:
+            for group in self.optimizer.param_groups:
+                group["j_star"] = self.optimizer_kwargs.get("j_star")
         stats: dict[str, list[float]] = {}
         self._record_step_stats(stats)
         self.logger.record("train/discounted_return", self._return_estimate)

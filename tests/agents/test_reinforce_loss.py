@@ -133,3 +133,45 @@ def test_gpomdp_with_sps_at_defaults_improves_clearly() -> None:
     start = evaluate(model)
     model.learn(8 * 8192)
     assert evaluate(model) >= max(100.0, 5 * start)
+
+
+def test_twin_model_target_the_worse_twin_aims_at_the_better_ones_return() -> None:
+    """``twin=True``: per update both twins step; the one whose rollout return is lower takes the Polyak step with
+    ``J*`` = the other's measured return, the other keeps the online target; ``model.policy`` is then the twin
+    that measured better, and both twins' env steps count."""
+    from rlopt.agents import REINFORCE
+
+    calls: list[tuple[int, float | None, float]] = []
+    original = REINFORCE._step_losses
+
+    def spy(self: Any, policy_loss: Any, value_loss: Any, kl: Any = None, value: float | None = None) -> Any:
+        calls.append((id(self.policy), self.optimizer.param_groups[0]["j_star"], float(value)))
+        return original(self, policy_loss, value_loss, kl, value)
+
+    model = REINFORCE("MlpPolicy", "CartPole-v1", optimizer="polyak", twin=True, n_envs=4, n_steps=128, seed=0)
+    REINFORCE._step_losses = spy  # type: ignore[method-assign]
+    try:
+        for update in range(3):
+            model.learn(2 * 4 * 128, reset_num_timesteps=update == 0)
+            (first, target_1, j_1), (second, target_2, j_2) = calls[-2:]
+            assert first != second  # one step of each twin
+            (worse_target, worse_j), (better_target, better_j), better = (
+                ((target_1, j_1), (target_2, j_2), second) if target_1 is not None else
+                ((target_2, j_2), (target_1, j_1), first))
+            assert better_target is None and worse_target == better_j and worse_j < better_j
+            assert id(model.policy) == better
+            assert model.optimizer.param_groups[0]["j_star"] is None  # the twin target is for that step only
+    finally:
+        REINFORCE._step_losses = original  # type: ignore[method-assign]
+    assert len(calls) == 6 and model.num_timesteps == 3 * 2 * 4 * 128
+
+
+def test_twin_model_needs_the_polyak_step_and_an_env_id() -> None:
+    from rlopt import envs
+    from rlopt.agents import REINFORCE
+
+    with pytest.raises(ValueError, match="twin=True with optimizer='adam'"):
+        REINFORCE("MlpPolicy", "CartPole-v1", optimizer="adam", twin=True)
+    env = envs.make("CartPole-v1", num_envs=2, autoreset_mode="same_step")
+    with pytest.raises(ValueError, match="env id"):
+        REINFORCE("MlpPolicy", env, optimizer="polyak", twin=True)
