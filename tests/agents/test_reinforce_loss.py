@@ -135,10 +135,11 @@ def test_gpomdp_with_sps_at_defaults_improves_clearly() -> None:
     assert evaluate(model) >= max(100.0, 5 * start)
 
 
-def test_twin_model_target_the_worse_twin_aims_at_the_better_ones_return() -> None:
-    """``twin=True``: per update both twins step; the one whose rollout return is lower takes the Polyak step with
-    ``J*`` = the other's measured return, the other keeps the online target; ``model.policy`` is then the twin
-    that measured better, and both twins' env steps count."""
+@pytest.mark.parametrize("twin", [True, "both"])
+def test_twin_model_target_the_worse_twin_aims_at_the_better_ones_return(twin: bool | str) -> None:
+    """``twin=True``: per update the twin whose rollout return is lower takes the Polyak step with ``J*`` = the
+    other's measured return and the better one stays; ``"both"``: the better one also steps, on the online
+    target. ``model.policy`` is then the twin that measured better, and both twins' env steps count."""
     from rlopt.agents import REINFORCE
 
     calls: list[tuple[int, float | None, float]] = []
@@ -148,22 +149,35 @@ def test_twin_model_target_the_worse_twin_aims_at_the_better_ones_return() -> No
         calls.append((id(self.policy), self.optimizer.param_groups[0]["j_star"], float(value)))
         return original(self, policy_loss, value_loss, kl, value)
 
-    model = REINFORCE("MlpPolicy", "CartPole-v1", optimizer="polyak", twin=True, n_envs=4, n_steps=128, seed=0)
+    model = REINFORCE("MlpPolicy", "CartPole-v1", optimizer="polyak", twin=twin, n_envs=4, n_steps=128, seed=0)
     REINFORCE._step_losses = spy  # type: ignore[method-assign]
     try:
         for update in range(3):
+            before = {id(p): [t.detach().clone() for t in p.parameters()]
+                      for p in (model.policy, model._twin_agent.policy if model._twin_agent else model.policy)}
             model.learn(2 * 4 * 128, reset_num_timesteps=update == 0)
-            (first, target_1, j_1), (second, target_2, j_2) = calls[-2:]
-            assert first != second  # one step of each twin
-            (worse_target, worse_j), (better_target, better_j), better = (
-                ((target_1, j_1), (target_2, j_2), second) if target_1 is not None else
-                ((target_2, j_2), (target_1, j_1), first))
-            assert better_target is None and worse_target == better_j and worse_j < better_j
+            if twin == "both":
+                (first, target_1, j_1), (second, target_2, j_2) = calls[-2:]
+                assert first != second  # one step of each twin
+                (worse_target, worse_j), (better_target, better_j), better = (
+                    ((target_1, j_1), (target_2, j_2), second) if target_1 is not None else
+                    ((target_2, j_2), (target_1, j_1), first))
+                assert better_target is None and worse_j < better_j
+            else:
+                (worse, worse_target, worse_j), = calls[-1:]
+                twins = [model.policy, model._twin_agent.policy]
+                better = next(id(p) for p in twins if id(p) != worse)
+                better_j = worse_target
+                if update > 0:  # the better twin did not move
+                    same = [torch.equal(a, b) for a, b in zip(before[better], twins[[id(p) for p in twins].index(
+                        better)].parameters(), strict=True)]
+                    assert all(same)
+            assert worse_target == better_j and worse_j < better_j
             assert id(model.policy) == better
             assert model.optimizer.param_groups[0]["j_star"] is None  # the twin target is for that step only
     finally:
         REINFORCE._step_losses = original  # type: ignore[method-assign]
-    assert len(calls) == 6 and model.num_timesteps == 3 * 2 * 4 * 128
+    assert len(calls) == (6 if twin == "both" else 3) and model.num_timesteps == 3 * 2 * 4 * 128
 
 
 def test_twin_model_needs_the_polyak_step_and_an_env_id() -> None:
@@ -172,6 +186,8 @@ def test_twin_model_needs_the_polyak_step_and_an_env_id() -> None:
 
     with pytest.raises(ValueError, match="twin=True with optimizer='adam'"):
         REINFORCE("MlpPolicy", "CartPole-v1", optimizer="adam", twin=True)
+    with pytest.raises(ValueError, match="Invalid twin"):
+        REINFORCE("MlpPolicy", "CartPole-v1", optimizer="polyak", twin="three")
     env = envs.make("CartPole-v1", num_envs=2, autoreset_mode="same_step")
     with pytest.raises(ValueError, match="env id"):
         REINFORCE("MlpPolicy", env, optimizer="polyak", twin=True)
