@@ -735,14 +735,21 @@ class OnPolicyAgent(BaseAlgorithm):
         """Once per update under ``"polyak"``: the return target ``J*`` and the mean episode length.
 
         ``J*`` is ``optimizer_kwargs["j_star"]`` if given, else :class:`rlopt.PolyakPG`'s online estimate (the
-        best ``J_hat`` of the updates so far plus its margin), from the measured returns only.
+        best ``J_hat`` of the updates so far plus its margin), from the measured returns only: before the first
+        episode ends, ``J_hat`` is the rollout's mean discounted return-to-go, a stand-in in other units (-40
+        on Pendulum, whose episodes return -1200), and a running best that kept it held ``J*`` above every
+        return the policy could reach for the whole run (PPO on Pendulum-v1 ended at -987, 5-seed median).
         """
-        self._polyak_best = max(getattr(self, "_polyak_best", float("-inf")), self._return_estimate)
+        best = getattr(self, "_polyak_best", float("-inf"))
+        if self.ep_info_buffer:  # a measured return: the running best follows it
+            best = self._polyak_best = max(best, self._return_estimate)
+        elif not math.isfinite(best):  # nothing measured yet: the rollout's stand-in, for this update only
+            best = self._return_estimate
         if self.optimizer_kwargs.get("j_star") is not None:
             self._polyak_target = float(self.optimizer_kwargs["j_star"])
         else:
             margin = self.optimizer.param_groups[0]["margin"]
-            self._polyak_target = return_target({"margin": margin}, self._polyak_best)
+            self._polyak_target = return_target({"margin": margin}, best)
         lengths = [ep["l"] for ep in self.ep_info_buffer or ()]
         # before any episode ended: the rollout's length, at most the discount's horizon
         horizon = float(self.n_steps) if self.gamma >= 1.0 else min(float(self.n_steps), 1.0 / (1.0 - self.gamma))

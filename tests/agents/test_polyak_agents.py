@@ -101,3 +101,32 @@ def test_polyak_search_steps_satisfy_armijo_and_the_trust_region() -> None:
             assert kl().item() <= 0.05 + 1e-12
             torch.testing.assert_close(theta.detach(), w - eta * g)
     assert -loss().item() > rewards.mean().item() + 0.5 * (rewards.max() - rewards.mean()).item()
+
+
+@pytest.mark.parametrize("algo", ["PPO", "A2C"])
+def test_return_target_follows_measured_returns_only(algo: str) -> None:
+    """Before the first episode ends ``J_hat`` is a stand-in (the rollout's mean discounted return-to-go, about -40
+    on Pendulum where episodes return about -1200): it sets the target of those updates only, and the running best
+    that ``J*`` grows from is that of the measured episode returns."""
+    kwargs: dict[str, Any] = {"n_envs": 4, "n_steps": 16}
+    if algo == "PPO":
+        kwargs.update(batch_size=32, n_epochs=1)
+    model = getattr(agents, algo)("MlpPolicy", "Pendulum-v1", optimizer="polyak", seed=0, **kwargs)
+    targets: list[tuple[bool, float, float]] = []
+    original = model._polyak_update_target
+
+    def spy() -> None:
+        original()
+        targets.append((bool(model.ep_info_buffer), model._return_estimate, model._polyak_target))
+
+    model._polyak_update_target = spy  # type: ignore[method-assign]
+    model.learn(4 * 16 * 16)  # 256 steps per copy: the first episodes (200 steps) end in the 13th rollout
+    stand_in = [(j, t) for measured, j, t in targets if not measured]
+    measured = [(j, t) for measured, j, t in targets if measured]
+    assert stand_in and measured
+    margin = model.optimizer.param_groups[0]["margin"]
+    for j_hat, target in stand_in:  # that update's own stand-in, plus the margin
+        assert target == pytest.approx(j_hat + margin * abs(j_hat))
+    best = max(j for j, _ in measured)
+    assert max(j for j, _ in stand_in) > best  # the stand-in is far above what episodes return
+    assert measured[-1][1] == pytest.approx(best + margin * abs(best))
