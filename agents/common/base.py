@@ -207,7 +207,9 @@ class OnPolicyAgent(BaseAlgorithm):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"Invalid seed: {seed!r}, expected an int or None")
         self.env_kwargs = check_env_kwargs(env_kwargs)
-        self._dp = resolve_data_parallel(process_group, get_device(device))
+        # SB3's load() builds the model with _init_setup_model=False: a loaded model trains alone, so that one rank
+        # may load and evaluate a checkpoint without the others (a data-parallel build talks to every rank)
+        self._dp = resolve_data_parallel(process_group if _init_setup_model else None, get_device(device))
         if self._dp is not None:
             if seed is None:
                 seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
@@ -481,6 +483,9 @@ class OnPolicyAgent(BaseAlgorithm):
 
         Pass ``force_reset=False`` (and ``reset_num_timesteps=False`` to ``learn``) with the env the run was
         using to continue it; a env whose spaces differ from the saved ones raises ``ValueError``.
+
+        A loaded model trains alone (``process_group=None``), also under torchrun: any one rank may load a
+        checkpoint, e.g. rank 0 to evaluate it, without the others.
         """
         custom_objects = safe_custom_objects(path, f"rlopt.agents.{cls.algorithm_name}.load", custom_objects,
                                              trusted, expected=f"rlopt.agents.{cls.algorithm_name}")

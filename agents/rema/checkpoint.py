@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from rlopt._atomic import atomic_write
@@ -125,4 +126,7 @@ def load(cls: type[ReMA], path: str | os.PathLike[str], device: str | torch.devi
     if state["task_stream"] is not None and agent._task_stream is not None:
         agent._task_stream.generator.set_state(state["task_stream"])
     agent.sampler.set_state(state["sampler"].to("cpu") if agent.device.type == "cpu" else state["sampler"])
+    if agent.rank != 0:  # rank 0's stream was saved: a rank resuming beside it continues on a stream of its own
+        stream = np.random.SeedSequence([agent.seed + 2, agent.rank, agent.num_updates]).generate_state(1)[0]
+        agent.sampler.manual_seed(int(stream))
     return agent

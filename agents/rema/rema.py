@@ -659,11 +659,12 @@ class ReMA:
         """A trainer restored from :meth:`save` (pass ``policy`` for checkpoints of custom policies).
 
         ``overrides`` replace constructor arguments, e.g. ``rewards=`` for a :class:`RewardConfig` subclass
-        (only the fields of the reward settings are stored) or ``tensorboard_log=``. See
-        :func:`rlopt.agents.rema.checkpoint.load`.
+        (only the fields of the reward settings are stored) or ``tensorboard_log=``. The trainer trains alone unless
+        ``process_group=`` says otherwise (every rank then loads). See :func:`rlopt.agents.rema.checkpoint.load`.
         """
         from rlopt.agents.rema import checkpoint
 
+        overrides.setdefault("process_group", None)  # one rank may load alone; pass "world" to resume data-parallel
         return checkpoint.load(cls, path, device=device, policy=policy, **overrides)
 
 

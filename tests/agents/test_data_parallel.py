@@ -43,7 +43,7 @@ def _flat(model: Any) -> torch.Tensor:
                                                                  *model.policy.buffers())])
 
 
-def _short_runs(rank: int) -> dict[str, Any]:
+def _short_runs(rank: int, out: str) -> dict[str, Any]:
     """A few updates of every algorithm, with the rules whose decisions read statistics of the data."""
     results: dict[str, Any] = {}
     runs = {
@@ -71,6 +71,13 @@ def _short_runs(rank: int) -> dict[str, Any]:
     model = agents.A2C("MlpPolicy", "CartPole-v1", seed=3, n_envs=8, n_steps=8)
     model.learn(10_000, callback=_StopOnRank(rank=1, at=3))
     results["stopped_at"] = model.num_timesteps
+    # one rank alone loads and uses a checkpoint: no collective waits for the other
+    path = os.path.join(out, "a2c.zip")
+    if rank == 0:
+        model.save(path)
+        loaded = agents.A2C.load(path)
+        results["loaded"] = (loaded.world_size, torch.equal(_flat(loaded), _flat(model)))
+    dist.barrier()
     return results
 
 
@@ -103,7 +110,7 @@ def _worker(rank: int, init_file: str, out: str, job: str) -> None:
     try:
         torch.set_num_threads(1)
         if job == "short":
-            result = _short_runs(rank)
+            result = _short_runs(rank, out)
             dp = resolve_data_parallel("world", torch.device("cpu"))
             assert dp is not None
             result["helpers"] = _helpers(dp)
@@ -144,6 +151,7 @@ def test_ranks_stay_identical_and_share_episodes_and_stops(tmp_path: Path) -> No
     assert ranks[0]["ppo_polyak"]["local_envs"] == 4  # n_envs=8 for an env id: the total, split over the ranks
     # rank 1's callback stopped both ranks, at the end of the same rollout
     assert ranks[0]["stopped_at"] == ranks[1]["stopped_at"] == 8 * 8
+    assert ranks[0]["loaded"] == (1, True)  # rank 0 alone loaded the checkpoint: it trains alone
 
     h0, h1 = ranks[0]["helpers"], ranks[1]["helpers"]
     table = h0["table"]

@@ -75,7 +75,14 @@ def _runs(rank: int, out: str) -> dict[str, Any]:
         results[name] = {"before": before, "after": _weights(agent), "samples": agent.num_samples,
                          "history": agent.history, "rolled": list(rolled), "world": agent.world_size}
         if name == "tiny_reinforce_filter":
-            agent.save(os.path.join(out, "rema.pt"))
+            path = os.path.join(out, "rema.pt")
+            agent.save(path)  # rank 0 writes; every rank waits for it
+            resumed = ReMA.load(path, process_group="world")  # every rank resumes the run
+            results["resumed"] = (resumed.world_size, _weights(resumed), resumed.sampler.get_state())
+            if rank == 0:  # one rank alone loads: it trains alone, no collective waits for the other
+                alone = ReMA.load(path)
+                results["alone"] = (alone.world_size, _weights(alone))
+            dist.barrier()
     return results
 
 
@@ -101,6 +108,7 @@ def test_two_ranks_train_one_pair_of_agents(tmp_path: Path) -> None:
             if attempt == 1 or err.signal_name != "SIGABRT":
                 raise
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    extra = {key: [r.pop(key, None) for r in ranks] for key in ("resumed", "alone")}
     for name, r0 in ranks[0].items():
         r1 = ranks[1][name]
         assert r0["world"] == WORLD
@@ -115,8 +123,13 @@ def test_two_ranks_train_one_pair_of_agents(tmp_path: Path) -> None:
             q0, q1 = (r["rolled"][update * 2:(update + 1) * 2] for r in (r0, r1))
             assert not set(q0) & set(q1), (name, q0, q1)
 
-    restored = ReMA.load(tmp_path / "rema.pt", process_group=None)
-    torch.testing.assert_close(_weights(restored), ranks[0]["tiny_reinforce_filter"]["after"], rtol=0, atol=0)
+    restored = ReMA.load(tmp_path / "rema.pt")
+    weights = ranks[0]["tiny_reinforce_filter"]["after"]
+    torch.testing.assert_close(_weights(restored), weights, rtol=0, atol=0)
+    (w0, resumed0, stream0), (w1, resumed1, stream1) = extra["resumed"]
+    assert w0 == w1 == WORLD and torch.equal(resumed0, weights) and torch.equal(resumed1, weights)
+    assert not torch.equal(stream0, stream1)  # each rank samples on its own stream after resuming
+    assert extra["alone"][0][0] == 1 and torch.equal(extra["alone"][0][1], weights)
 
 
 def test_batch_questions_must_split_evenly_and_training_alone_is_the_default() -> None:
