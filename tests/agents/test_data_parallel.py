@@ -78,6 +78,12 @@ def _short_runs(rank: int, out: str) -> dict[str, Any]:
         loaded = agents.A2C.load(path)
         results["loaded"] = (loaded.world_size, torch.equal(_flat(loaded), _flat(model)))
     dist.barrier()
+    # continuing a data-parallel run from the checkpoint: a fresh model on every rank takes its parameters
+    resumed = agents.A2C("MlpPolicy", "CartPole-v1", seed=4, n_envs=8, n_steps=8)
+    resumed.set_parameters(path)
+    results["resumed_start"] = torch.equal(_flat(resumed), _flat(model))
+    resumed.learn(256)
+    results["resumed"] = _flat(resumed)
     return results
 
 
@@ -152,6 +158,8 @@ def test_ranks_stay_identical_and_share_episodes_and_stops(tmp_path: Path) -> No
     # rank 1's callback stopped both ranks, at the end of the same rollout
     assert ranks[0]["stopped_at"] == ranks[1]["stopped_at"] == 8 * 8
     assert ranks[0]["loaded"] == (1, True)  # rank 0 alone loaded the checkpoint: it trains alone
+    assert ranks[0]["resumed_start"] and ranks[1]["resumed_start"]
+    torch.testing.assert_close(ranks[0]["resumed"], ranks[1]["resumed"], rtol=0, atol=0)
 
     h0, h1 = ranks[0]["helpers"], ranks[1]["helpers"]
     table = h0["table"]
