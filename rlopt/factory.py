@@ -212,10 +212,11 @@ def closure_step(
     with torch.enable_grad():
         loss = closure()
     loss.backward()
-    if grad_hook is not None:
-        grad_hook([p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
-    if max_grad_norm is not None:
+    if grad_hook is not None or max_grad_norm is not None:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        if grad_hook is not None:
+            grad_hook([p.grad for p in params])
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     return loss

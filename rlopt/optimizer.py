@@ -42,7 +42,7 @@ _EXACT_TRIALS_ABOVE = 100.0
 #: the largest step size taken or tried (finite in float32, so a trial can always be evaluated and rejected)
 _LARGEST_STEP = 1e30
 
-__all__ = ["StepSizeOptimizer"]
+__all__ = ["StepSizeOptimizer", "resolve_process_group"]
 
 
 def _materialize(t: Tensor) -> Tensor:
@@ -52,9 +52,12 @@ def _materialize(t: Tensor) -> Tensor:
     return full() if callable(full) else t
 
 
-def _resolve_process_group(process_group: Any) -> Any:
-    """``"world"`` (the default): torch.distributed's world group when a process group is initialized, else
-    None; None: no reduction (each process decides alone); a process group: that group."""
+def resolve_process_group(process_group: Any) -> Any:
+    """The ``process_group=`` argument of rlopt's optimizers, agents and data-parallel problems as a group or None.
+
+    ``"world"`` (the default): torch.distributed's world group when a process group is initialized, else None;
+    None: none (each process decides alone); a process group: that group. Any other string is a ``ValueError``.
+    """
     if isinstance(process_group, str):
         if process_group != "world":
             raise ValueError(f"Invalid process_group: {process_group!r}, expected 'world', None or a ProcessGroup")
@@ -94,7 +97,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
     ) -> None:
         self.rule = rule
         self.direction = direction
-        self._process_group = _resolve_process_group(process_group)
+        self._process_group = resolve_process_group(process_group)
         super().__init__(params, defaults)
         self.rule_state: RuleState = rule.init_state(self.param_groups[0])
         self.stats: dict[str, float] = {

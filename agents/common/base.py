@@ -34,7 +34,7 @@ from stable_baselines3.common.vec_env import VecEnv
 import rlopt
 from rlopt._atomic import atomic_write
 from rlopt.agents.common.buffer import RolloutBatch, RolloutBuffer
-from rlopt.agents.common.distributed import DataParallel, resolve_data_parallel
+from rlopt.agents.common.distributed import DataParallel, resolve_data_parallel, with_process_group
 from rlopt.agents.common.env_util import Stepper, check_env_kwargs, resolve_env, to_sb3
 from rlopt.agents.common.optim import (
     build_optimizer,
@@ -340,11 +340,7 @@ class OnPolicyAgent(BaseAlgorithm):
                          ) -> torch.optim.Optimizer:
         """:func:`build_optimizer` at the agent's learning rate; an rlopt rule decides over the agent's process
         group (its ranks' mean of the losses), or alone when the agent trains alone, unless ``kwargs`` says."""
-        kwargs = dict(kwargs or {})
-        spec = rlopt.optimizer_spec(name)
-        if isinstance(spec.cls, type) and issubclass(spec.cls, rlopt.StepSizeOptimizer):
-            dp = getattr(self, "_dp", None)
-            kwargs.setdefault("process_group", None if dp is None else dp.group)
+        kwargs = with_process_group(name, kwargs, getattr(self, "_dp", None))
         return build_optimizer(name, params, kwargs, self.lr_schedule(1.0))
 
     def _minibatches_per_pass(self) -> int | None:

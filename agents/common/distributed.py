@@ -20,14 +20,17 @@ this size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["BUCKET_BYTES", "DataParallel", "resolve_data_parallel", "torchrun_process_group"]
+import rlopt
+from rlopt.optimizer import resolve_process_group
+
+__all__ = ["BUCKET_BYTES", "DataParallel", "resolve_data_parallel", "torchrun_process_group", "with_process_group"]
 
 #: the most bytes of gradients all-reduced at once (DistributedDataParallel's default ``bucket_cap_mb``)
 BUCKET_BYTES = 25 * 2**20
@@ -154,26 +157,16 @@ class DataParallel:
 
     def gather_episodes(self, returns: Tensor, lengths: Tensor, stop: bool) -> tuple[list[float], list[int], bool]:
         """Every rank's ended episodes, in rank order, and whether any rank asked to stop (two collectives)."""
-        import torch.distributed as dist
-
-        header = torch.tensor([returns.numel(), float(stop)], dtype=torch.float64, device=self.device)
-        headers = [torch.empty_like(header) for _ in range(self.world_size)]
-        dist.all_gather(headers, header, group=self.group)
-        counts = [int(h[0]) for h in headers]
-        any_stop = any(bool(h[1]) for h in headers)
-        width = max(counts)
-        if width == 0:
-            return [], [], any_stop
-        local = torch.zeros(2, width, dtype=torch.float64, device=self.device)
-        local[0, : returns.numel()] = returns.detach().to(torch.float64)
-        local[1, : lengths.numel()] = lengths.detach().to(torch.float64)
-        parts = [torch.empty_like(local) for _ in range(self.world_size)]
-        dist.all_gather(parts, local, group=self.group)
+        local = torch.cat((returns.detach().double().reshape(-1), lengths.detach().double().reshape(-1),
+                           torch.tensor([float(stop)], dtype=torch.float64, device=returns.device)))
         rets: list[float] = []
         lens: list[int] = []
-        for part, n in zip(parts, counts, strict=True):
-            rets.extend(part[0, :n].tolist())
-            lens.extend(int(v) for v in part[1, :n].tolist())
+        any_stop = False
+        for part in self.gather(local):
+            n = (part.numel() - 1) // 2
+            rets.extend(part[:n].tolist())
+            lens.extend(int(v) for v in part[n:2 * n].tolist())
+            any_stop = any_stop or bool(part[-1])
         return rets, lens, any_stop
 
 
@@ -205,17 +198,22 @@ def torchrun_process_group(device: str) -> Iterator[tuple[str, int]]:
 
 
 def resolve_data_parallel(process_group: Any, device: torch.device) -> DataParallel | None:
-    """``process_group`` as the agents take it: ``"world"`` (the default) is torch.distributed's world group when
-    a process group is initialized and has more than one rank, else no data parallelism; None opts out; a
-    process group of more than one rank is used as given."""
+    """``process_group`` as the agents take it (:func:`rlopt.optimizer.resolve_process_group`): data parallelism
+    over the group when it has more than one rank, else None."""
     import torch.distributed as dist
 
-    if isinstance(process_group, str):
-        if process_group != "world":
-            raise ValueError(f"Invalid process_group: {process_group!r}, expected 'world', None or a ProcessGroup")
-        if not (dist.is_available() and dist.is_initialized()):
-            return None
-        process_group = dist.group.WORLD
-    if process_group is None or dist.get_world_size(process_group) == 1:
+    group = resolve_process_group(process_group)
+    if group is None or dist.get_world_size(group) == 1:
         return None
-    return DataParallel(process_group, device)
+    return DataParallel(group, device)
+
+
+def with_process_group(optimizer: Any, kwargs: Mapping[str, Any] | None, dp: DataParallel | None) -> dict[str, Any]:
+    """``kwargs`` of ``optimizer`` (a name or class) with, for an rlopt rule, ``process_group`` = the agent's: the
+    rule decides from its ranks' mean, or alone when the agent trains alone, whatever else the program initialized
+    (unless ``kwargs`` sets one)."""
+    kwargs = dict(kwargs or {})
+    cls = rlopt.optimizer_spec(optimizer).cls
+    if isinstance(cls, type) and issubclass(cls, rlopt.StepSizeOptimizer):
+        kwargs.setdefault("process_group", None if dp is None else dp.group)
+    return kwargs

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 import rlopt
-from rlopt.agents.common.distributed import resolve_data_parallel
+from rlopt.agents.common.distributed import resolve_data_parallel, with_process_group
 from rlopt.agents.rema.config import ALGORITHMS, MODES, PAPER_FILTER, ReMAConfig
 from rlopt.agents.rema.losses import grpo_advantages, k3_kl, masked_mean, policy_loss, reinforce_pp_advantages
 from rlopt.agents.rema.policy import Policy, TinyConfig, TinyPolicy
@@ -226,11 +226,7 @@ class ReMA:
             if len(specs) > 1:
                 raise ValueError(f"Invalid optimizer: roles {roles} share one model and need one optimizer, got "
                                  f"{sorted(specs)}")
-            kwargs = dict(opt_kwargs[roles[0]] or {})
-            spec = rlopt.optimizer_spec(opt_names[roles[0]] or "adam")
-            if isinstance(spec.cls, type) and issubclass(spec.cls, rlopt.StepSizeOptimizer):
-                # the rule decides from the ranks' mean (or alone), whatever else the program initialized
-                kwargs.setdefault("process_group", None if self._dp is None else self._dp.group)
+            kwargs = with_process_group(opt_names[roles[0]] or "adam", opt_kwargs[roles[0]], self._dp)
             self.optimizers[name] = rlopt.build_optimizer(opt_names[roles[0]] or "adam",
                                                           self.policies[roles[0]].parameters(), **kwargs)
         self._optimizer_spec = {r: opt_names[r] if isinstance(opt_names[r], str) else "custom" for r in self.roles}

@@ -28,6 +28,7 @@ from torch import Tensor
 from rlopt.bilevel import _tree
 from rlopt.bilevel._tree import Tree
 from rlopt.bilevel.problems.base import BilevelProblem
+from rlopt.optimizer import resolve_process_group
 
 __all__ = ["DataParallelProblem"]
 
@@ -139,13 +140,10 @@ class DataParallelProblem(BilevelProblem):
                 or type(problem).sample_upper_batch is not BilevelProblem.sample_upper_batch):
             raise ValueError(f"Invalid problem: {type(problem).__name__} draws its own batches (an on-policy "
                              "problem); DataParallelProblem splits data-set problems, whose batches are indices")
-        if isinstance(process_group, str):
-            if process_group != "world":
-                raise ValueError(f"Invalid process_group: {process_group!r}, expected 'world' or a ProcessGroup")
-            if not (dist.is_available() and dist.is_initialized()):
-                raise RuntimeError("DataParallelProblem needs torch.distributed: call init_process_group first "
-                                   "(torchrun sets up the environment it reads)")
-            process_group = dist.group.WORLD
+        process_group = resolve_process_group(process_group)
+        if process_group is None:
+            raise RuntimeError("DataParallelProblem needs torch.distributed and a process group: call "
+                               "init_process_group first (torchrun sets up the environment it reads)")
         self.problem = problem
         self.group = process_group
         self.rank, self.world_size = dist.get_rank(process_group), dist.get_world_size(process_group)
