@@ -92,6 +92,15 @@ class StepInfos(Sequence[dict[str, Any]]):
         return self._infos()[index]
 
 
+def _check_sde(use_sde: Any, sde_sample_freq: Any) -> None:
+    if not isinstance(use_sde, (bool, np.bool_)):
+        raise TypeError(f"Invalid use_sde: {use_sde!r}, expected True or False")
+    if isinstance(sde_sample_freq, bool) or not isinstance(sde_sample_freq, (int, np.integer)) or (
+        sde_sample_freq < 1 and sde_sample_freq != -1
+    ):
+        raise ValueError(f"Invalid sde_sample_freq: {sde_sample_freq!r}, expected -1 (once per rollout) or an int >= 1")
+
+
 class OnPolicyAgent(BaseAlgorithm):
     """Base of :class:`rlopt.agents.PPO`, :class:`rlopt.agents.A2C` and :class:`rlopt.agents.REINFORCE`.
 
@@ -122,6 +131,13 @@ class OnPolicyAgent(BaseAlgorithm):
             for the tuning-free rules (``"sls"``, ``"adasls"``, ``"ponos"``, ``"sps"``; ``"polyak"`` fits the
             critic by Adam), joint for ``"adam"``/``"sgd"``. SPS on the joint loss took its step from the
             value loss's gap to 0 (PPO on CartPole-v1 ended at 336/275/354 on 3 seeds).
+        use_sde: generalized state-dependent exploration (gSDE, ``Box`` actions only): the policy's noise is a
+            linear function of its last hidden features, drawn anew at the start of each rollout and every
+            ``sde_sample_freq`` steps (see :class:`rlopt.agents.common.policies.ActorCriticPolicy`), as
+            stable-baselines3's ``use_sde``. The RL Zoo uses it for PPO and A2C on MountainCarContinuous-v0
+            and Pendulum-v1.
+        sde_sample_freq: with ``use_sde``, draw new noise every this many env steps of a rollout (-1: only at
+            the start of each rollout).
         policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ...).
         stats_window_size: episodes averaged in ``rollout/ep_rew_mean``.
         tensorboard_log: TensorBoard log folder (SB3's convention: ``{folder}/{tb_log_name}_{i}``).
@@ -172,6 +188,8 @@ class OnPolicyAgent(BaseAlgorithm):
         max_grad_norm: float | None = 0.5,
         normalize_advantage: bool = True,
         separate_critic: bool | None = None,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
         policy_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -207,6 +225,9 @@ class OnPolicyAgent(BaseAlgorithm):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"Invalid seed: {seed!r}, expected an int or None")
         self.env_kwargs = check_env_kwargs(env_kwargs)
+        _check_sde(use_sde, sde_sample_freq)
+        if use_sde:
+            policy_kwargs = {**(policy_kwargs or {}), "use_sde": True}
         # SB3's load() builds the model with _init_setup_model=False: a loaded model trains alone, so that one rank
         # may load and evaluate a checkpoint without the others (a data-parallel build talks to every rank)
         self._dp = resolve_data_parallel(process_group if _init_setup_model else None, get_device(device))
@@ -243,6 +264,8 @@ class OnPolicyAgent(BaseAlgorithm):
             device=device,
             support_multi_env=True,
             seed=seed,
+            use_sde=bool(use_sde),
+            sde_sample_freq=int(sde_sample_freq),
             supported_action_spaces=(spaces.Discrete, spaces.Box),
         )
         self._polyak = rlopt.optimizer_spec(self.optimizer_name).needs_value
@@ -523,7 +546,11 @@ class OnPolicyAgent(BaseAlgorithm):
         obs: torch.Tensor = self._last_obs  # type: ignore[assignment]
         callback.on_rollout_start()
         stop_requested = False
+        if self.use_sde:
+            policy.reset_noise(stepper.num_envs, self._generator)
         for step in range(self.n_steps):
+            if self.use_sde and self.sde_sample_freq > 0 and step > 0 and step % self.sde_sample_freq == 0:
+                policy.reset_noise(stepper.num_envs, self._generator)
             with torch.no_grad():
                 actions, log_probs = policy.act(obs, self._generator)
             out = stepper.step(policy.env_actions(actions))

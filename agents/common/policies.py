@@ -1,6 +1,7 @@
 """Actor-critic MLP policies for discrete and Box action spaces.
 
-The distributions are written out (log-softmax, diagonal Gaussian) rather than built from
+The distributions are written out (log-softmax, diagonal Gaussian, gSDE's state-dependent Gaussian) rather than
+built from
 ``torch.distributions`` objects: a rollout step and a minibatch loss then cost a few fused tensor ops, and
 sampling takes an explicit ``torch.Generator`` so a run is reproducible without touching the global RNG.
 """
@@ -61,6 +62,15 @@ class ActorCriticPolicy(BasePolicy):
     For a ``Box`` action space the Gaussian has a state-independent learned ``log_std``; sampled actions are
     stored unclipped (their log-probability is exact) and clipped to the bounds only when sent to the env.
 
+    With ``use_sde=True`` the exploration is generalized state-dependent (gSDE; Raffin, Kober & Stulp, 2022,
+    "Smooth Exploration for Robotic Reinforcement Learning", CoRL 2021), as stable-baselines3's
+    ``StateDependentNoiseDistribution`` with its PPO/A2C defaults (``full_std``, no ``expln``, features not
+    learned through the noise): the actor's last hidden features ``z(s)`` (detached) and a noise matrix ``E``
+    with entries drawn from ``N(0, exp(log_std)^2)``, ``log_std`` of shape ``(features, actions)``, give the
+    action ``mu(s) + z(s) E``. ``E`` is drawn per env copy by :meth:`reset_noise` (at the start of each
+    rollout and every ``sde_sample_freq`` steps), so exploration is a smooth function of the state between
+    draws. Log-probabilities and entropies are those of ``N(mu(s), z(s)^2 exp(2 log_std) + 1e-6)`` per action.
+
     Args:
         observation_space: a ``Box`` observation space (flattened).
         action_space: ``Discrete`` or ``Box`` with finite bounds.
@@ -72,6 +82,7 @@ class ActorCriticPolicy(BasePolicy):
             running mean and variance of the observations seen in training (see :meth:`update_obs_stats`), as
             the RL Zoo's ``normalize: true`` does for some envs (MountainCar).
         clip_obs: bound of the normalised observations.
+        use_sde: gSDE exploration (``Box`` actions only), see above. The agents' ``use_sde=True`` sets it.
 
     Example:
         >>> import gymnasium as gym
@@ -95,10 +106,13 @@ class ActorCriticPolicy(BasePolicy):
         log_std_init: float = 0.0,
         normalize_obs: bool = False,
         clip_obs: float = 10.0,
+        use_sde: bool = False,
     ) -> None:
         check_spaces(observation_space, action_space, "ActorCriticPolicy")
         if not float(clip_obs) > 0:
             raise ValueError(f"Invalid clip_obs: {clip_obs!r}, expected a positive number")
+        if use_sde and not isinstance(action_space, spaces.Box):
+            raise ValueError(f"Invalid use_sde: gSDE needs a Box action space, got {action_space}")
         super().__init__(observation_space, action_space)
         self.net_arch = [int(h) for h in net_arch]
         self.activation_fn = activation_fn
@@ -106,6 +120,7 @@ class ActorCriticPolicy(BasePolicy):
         self.log_std_init = log_std_init
         self.normalize_obs = bool(normalize_obs)
         self.clip_obs = float(clip_obs)
+        self.use_sde = bool(use_sde)
         obs_dim = int(np.prod(observation_space.shape or ()))
         # Running mean and variance of the observations (used when normalize_obs): buffers, so they are saved
         # with the policy and moved with it; float64 so that long runs do not lose precision.
@@ -119,7 +134,12 @@ class ActorCriticPolicy(BasePolicy):
             out_dim = int(np.prod(action_space.shape or ()))
         self.actor = _mlp([obs_dim, *self.net_arch, out_dim], activation_fn, 0.01, ortho_init)
         self.critic = _mlp([obs_dim, *self.net_arch, 1], activation_fn, 1.0, ortho_init)
-        self.log_std = nn.Parameter(torch.full((out_dim,), float(log_std_init)), requires_grad=not self.discrete)
+        # gSDE's noise acts on the actor's last hidden features (the observation when there is no hidden layer)
+        self.sde_features = self.net_arch[-1] if self.net_arch else obs_dim
+        std_shape = (self.sde_features, out_dim) if self.use_sde else (out_dim,)
+        self.log_std = nn.Parameter(torch.full(std_shape, float(log_std_init)), requires_grad=not self.discrete)
+        # gSDE's noise matrices, one per env copy (drawn by reset_noise; not saved: a fresh draw after loading)
+        self.exploration_matrices: torch.Tensor | None = None
         if isinstance(action_space, spaces.Box):
             # copies: as_tensor would share memory with the space, so loading weights would rewrite its bounds
             self.register_buffer("action_low", torch.tensor(action_space.low, dtype=torch.float32))
@@ -135,6 +155,7 @@ class ActorCriticPolicy(BasePolicy):
             "log_std_init": self.log_std_init,
             "normalize_obs": self.normalize_obs,
             "clip_obs": self.clip_obs,
+            "use_sde": self.use_sde,
         }
 
     def actor_parameters(self) -> list[nn.Parameter]:
@@ -196,6 +217,8 @@ class ActorCriticPolicy(BasePolicy):
         The rollout loop acts with this and evaluates the critic on the whole rollout in one batch
         afterwards: the parameters do not change during a rollout, so the values are the same.
         """
+        if self.use_sde:
+            return self._act_sde(self._flat(obs), generator)
         out = self.actor(self._flat(obs))
         if self.discrete:
             logits = torch.log_softmax(out, dim=-1)
@@ -219,11 +242,61 @@ class ActorCriticPolicy(BasePolicy):
         z = (actions - mean) / self.log_std.exp()
         return (-0.5 * z.pow(2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
+    # ------------------------------------------------------------------------------------------------ gSDE
+    def _sde_std(self) -> torch.Tensor:
+        """Standard deviations of the entries of gSDE's noise matrix, ``(features, actions)``."""
+        return self.log_std.exp()
+
+    def _features_and_mean(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The actor's last hidden features and its output (the mean action) for flattened observations."""
+        features = self.actor[:-1](x)
+        return features, self.actor[-1](features)
+
+    def _sde_log_std(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-action log standard deviation of gSDE's Gaussian: ``0.5 log(z^2 std^2 + 1e-6)``."""
+        variance = features.detach().square() @ self._sde_std().square()
+        return 0.5 * torch.log(variance + 1e-6)
+
+    def _sde_log_prob_and_entropy(
+        self, features: torch.Tensor, mean: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        log_std = self._sde_log_std(features)
+        z = (actions - mean) * torch.exp(-log_std)
+        half_log_2pi = 0.5 * math.log(2 * math.pi)
+        log_prob = (-0.5 * z.square() - log_std - half_log_2pi).sum(-1)
+        return log_prob, (0.5 + half_log_2pi + log_std).sum(-1)
+
+    @torch.no_grad()
+    def reset_noise(self, n_envs: int = 1, generator: torch.Generator | None = None) -> None:
+        """Draw gSDE's noise matrices for ``n_envs`` copies with ``generator`` (the global RNG if None).
+
+        A no-op without ``use_sde`` (stable-baselines3's ``reset_noise`` raises there; the agents call it only
+        under gSDE).
+        """
+        if not self.use_sde:
+            return
+        std = self._sde_std()
+        noise = torch.randn((int(n_envs), *std.shape), generator=generator, device=std.device, dtype=std.dtype)
+        self.exploration_matrices = noise * std
+
+    def _act_sde(self, x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        features, mean = self._features_and_mean(x)
+        matrices = self.exploration_matrices
+        if matrices is None or matrices.shape[0] != x.shape[0] or matrices.shape[1:] != self.log_std.shape:
+            self.reset_noise(x.shape[0], generator)  # a batch the current draw does not cover
+            matrices = self.exploration_matrices
+        assert matrices is not None
+        actions = mean + torch.bmm(features.detach().unsqueeze(1), matrices).squeeze(1)
+        return actions, self._sde_log_prob_and_entropy(features, mean, actions)[0]
+
     def evaluate_actions(
         self, obs: torch.Tensor, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(log pi(a|s), entropy of pi(.|s), V(s))`` for a batch, differentiable."""
         x = self._flat(obs)
+        if self.use_sde:
+            features, mean = self._features_and_mean(x)
+            return (*self._sde_log_prob_and_entropy(features, mean, actions), self.critic(x).squeeze(-1))
         out = self.actor(x)
         if self.discrete:
             logits = torch.log_softmax(out, dim=-1)
@@ -237,6 +310,8 @@ class ActorCriticPolicy(BasePolicy):
     def log_prob_and_entropy(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Actor-only part of :meth:`evaluate_actions` (no critic forward)."""
         x = self._flat(obs)
+        if self.use_sde:
+            return self._sde_log_prob_and_entropy(*self._features_and_mean(x), actions)
         out = self.actor(x)
         if self.discrete:
             logits = torch.log_softmax(out, dim=-1)
@@ -255,7 +330,14 @@ class ActorCriticPolicy(BasePolicy):
     def _predict(self, observation: torch.Tensor, deterministic: bool = False) -> torch.Tensor:  # type: ignore[override]
         # used by SB3's predict (evaluate_policy, EvalCallback); stochastic prediction uses the global RNG
         # like SB3 does, so it never disturbs the training generator
-        out = self.actor(self._flat(observation))
+        x = self._flat(observation)
+        if self.use_sde and not deterministic:
+            # a noise matrix per observation from the global RNG; the rollout's matrices are left alone
+            features, mean = self._features_and_mean(x)
+            std = self._sde_std()
+            matrices = std * torch.randn((x.shape[0], *std.shape), device=std.device, dtype=std.dtype)
+            return self.env_actions(mean + torch.bmm(features.unsqueeze(1), matrices).squeeze(1))
+        out = self.actor(x)
         if self.discrete:
             if deterministic:
                 return out.argmax(-1)
