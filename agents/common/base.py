@@ -44,7 +44,7 @@ from rlopt.agents.common.policies import ActorCriticPolicy, check_spaces
 from rlopt.agents.common.policy_loss import approx_kl, surrogate_infimum
 from rlopt.agents.common.serialization import safe_custom_objects
 from rlopt.rules.policy_polyak import return_target
-from rlopt.validation import check_at_least, check_closed, check_int
+from rlopt.validation import check_at_least, check_closed, check_int, check_positive
 
 SelfOnPolicyAgent = TypeVar("SelfOnPolicyAgent", bound="OnPolicyAgent")
 
@@ -92,9 +92,10 @@ class StepInfos(Sequence[dict[str, Any]]):
         return self._infos()[index]
 
 
-def _check_sde(use_sde: Any, sde_sample_freq: Any) -> None:
-    if not isinstance(use_sde, (bool, np.bool_)):
-        raise TypeError(f"Invalid use_sde: {use_sde!r}, expected True or False")
+def _check_flags(use_sde: Any, sde_sample_freq: Any, normalize_reward: Any) -> None:
+    for name, flag in (("use_sde", use_sde), ("normalize_reward", normalize_reward)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"Invalid {name}: {flag!r}, expected True or False")
     if isinstance(sde_sample_freq, bool) or not isinstance(sde_sample_freq, (int, np.integer)) or (
         sde_sample_freq < 1 and sde_sample_freq != -1
     ):
@@ -138,6 +139,13 @@ class OnPolicyAgent(BaseAlgorithm):
             and Pendulum-v1.
         sde_sample_freq: with ``use_sde``, draw new noise every this many env steps of a rollout (-1: only at
             the start of each rollout).
+        normalize_reward: train on rewards divided by the running standard deviation of each env copy's
+            discounted return and clipped to ``[-clip_reward, clip_reward]``, as stable-baselines3's
+            ``VecNormalize(norm_reward=True)`` (the reward half of the RL Zoo's ``normalize: true``; the
+            observation half is ``policy_kwargs={"normalize_obs": True}``). The statistics are updated step by
+            step as ``VecNormalize`` does, and saved with the model; episode returns, logs and evaluations stay in
+            the env's units. Not with REINFORCE.
+        clip_reward: bound of the normalised rewards.
         policy_kwargs: keyword arguments of the policy (``net_arch``, ``activation_fn``, ...).
         stats_window_size: episodes averaged in ``rollout/ep_rew_mean``.
         tensorboard_log: TensorBoard log folder (SB3's convention: ``{folder}/{tb_log_name}_{i}``).
@@ -190,6 +198,8 @@ class OnPolicyAgent(BaseAlgorithm):
         separate_critic: bool | None = None,
         use_sde: bool = False,
         sde_sample_freq: int = -1,
+        normalize_reward: bool = False,
+        clip_reward: float = 10.0,
         policy_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -225,7 +235,9 @@ class OnPolicyAgent(BaseAlgorithm):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"Invalid seed: {seed!r}, expected an int or None")
         self.env_kwargs = check_env_kwargs(env_kwargs)
-        _check_sde(use_sde, sde_sample_freq)
+        _check_flags(use_sde, sde_sample_freq, normalize_reward)
+        self.normalize_reward = bool(normalize_reward)
+        self.clip_reward = check_positive("clip_reward", clip_reward)
         if use_sde:
             policy_kwargs = {**(policy_kwargs or {}), "use_sde": True}
         # SB3's load() builds the model with _init_setup_model=False: a loaded model trains alone, so that one rank
@@ -526,6 +538,8 @@ class OnPolicyAgent(BaseAlgorithm):
         self._ep_return = torch.zeros(n, device=self.device)
         self._ep_length = torch.zeros(n, dtype=torch.long, device=self.device)
         self._last_episode_starts = torch.zeros(n, dtype=torch.bool, device=self.device)  # type: ignore[assignment]
+        # normalize_reward: each copy's discounted return so far (VecNormalize's ``returns``, zeroed on reset)
+        self._reward_return = torch.zeros(n, dtype=torch.float64, device=self.device)
         self._on_env_reset()
 
     def _on_env_reset(self) -> None:
@@ -576,6 +590,8 @@ class OnPolicyAgent(BaseAlgorithm):
         self._last_obs = obs  # type: ignore[assignment]
         self._save_prev_done()
         ended_return, ended_length = self._track_episodes(buf, self.n_steps)
+        if self.normalize_reward:
+            self._normalize_rewards(buf)
         with torch.no_grad():
             # the critic on the whole rollout in one batch (the parameters did not change during it)
             buf.values.copy_(policy.value(buf.observations.flatten(0, 1)).view_as(buf.values))
@@ -623,6 +639,50 @@ class OnPolicyAgent(BaseAlgorithm):
         self._ep_length = lengths[-1].masked_fill(dones[-1], 0)
         return returns, lengths.to(returns.dtype)
 
+    @torch.no_grad()
+    def _normalize_rewards(self, buf: RolloutBuffer) -> None:
+        """Scale the rollout's rewards in place as ``VecNormalize(norm_reward=True)`` would have, step by step.
+
+        At each step every copy's discounted return ``R <- gamma R + r`` is merged into the running mean and
+        variance (``count``, ``mean``, ``var``, started at ``(1e-4, 0, 1)`` as SB3's ``RunningMeanStd``), the
+        step's rewards are divided by ``sqrt(var + 1e-8)`` and clipped, and ``R`` is zeroed where an episode
+        ended. The running statistics after ``t`` steps are those of the pooled samples (the prior counted as
+        ``count`` samples of that mean and variance), so the per-step merges are cumulative sums in float64;
+        a data-parallel run sums them over the ranks. Transitions that only reset a copy (next-step
+        autoreset) are left out. The episode statistics were read before, from the raw rewards.
+        """
+        rewards, valid, dones = buf.rewards, buf.valid, buf.dones
+        returns = torch.empty(rewards.shape, dtype=torch.float64, device=rewards.device)
+        running = self._reward_return
+        for t in range(rewards.shape[0]):
+            running = running * self.gamma + rewards[t].double() * valid[t]
+            returns[t] = running
+            running = running.masked_fill(dones[t], 0.0)
+        self._reward_return = running
+        w = valid.double()
+        sums = torch.stack((w.sum(1), (w * returns).sum(1), (w * returns.square()).sum(1)), 1)
+        if self._dp is not None:
+            sums = self._dp.sum(sums)
+        stats = getattr(self, "_reward_stats", None)
+        if stats is None:
+            stats = torch.tensor([1e-4, 0.0, 1.0], dtype=torch.float64, device=self.device)
+        count0, mean0, var0 = stats.unbind()
+        count = count0 + sums[:, 0].cumsum(0)
+        mean = (count0 * mean0 + sums[:, 1].cumsum(0)) / count
+        var = ((count0 * (var0 + mean0.square()) + sums[:, 2].cumsum(0)) / count - mean.square()).clamp_min(0.0)
+        self._reward_stats = torch.stack((count[-1], mean[-1], var[-1]))
+        scale = torch.rsqrt(var + 1e-8).to(rewards.dtype).unsqueeze(1)
+        rewards.copy_((rewards * scale).clamp(-self.clip_reward, self.clip_reward))
+
+    @property
+    def reward_scale(self) -> float:
+        """The current divisor of the rewards under ``normalize_reward`` (``sqrt(var + 1e-8)`` of the discounted
+        returns; 1 without it): the factor from the critic's and the advantages' units back to the env's."""
+        stats = getattr(self, "_reward_stats", None)
+        if not self.normalize_reward or stats is None:
+            return 1.0
+        return math.sqrt(float(stats[2]) + 1e-8)
+
     def _save_prev_done(self) -> None:
         prev = getattr(self._stepper, "_prev_done", None)
         if isinstance(prev, torch.Tensor):
@@ -637,7 +697,7 @@ class OnPolicyAgent(BaseAlgorithm):
         """
         if self.ep_info_buffer:
             return float(safe_mean([ep["r"] for ep in self.ep_info_buffer]))
-        return float(self._union_mean(buf.returns[buf.valid]))
+        return float(self._union_mean(buf.returns[buf.valid])) * self.reward_scale
 
     # ------------------------------------------------------------------------------------------- updating
     def _minibatches(self, batch: RolloutBatch, batch_size: int) -> list[torch.Tensor]:
@@ -812,7 +872,8 @@ class OnPolicyAgent(BaseAlgorithm):
         ``supremum`` (the surrogate objective's largest value, PPO's clip bound) caps ``J*`` at the return the
         surrogate can certify, ``J_hat + T sigma (sup - (-L(theta_old)))``.
         """
-        scale = self._polyak_horizon * float(advantage_scale)  # read from the device only under "polyak"
+        # read from the device only under "polyak"; reward_scale: normalised rewards back to the env's units
+        scale = self._polyak_horizon * float(advantage_scale) * self.reward_scale
         # the ratio surrogate's loss at rho = 1 and its supremum, over the union of the ranks' minibatches
         if supremum is None:
             at_rollout = -float(self._union_mean_of(advantages.mean()))
@@ -850,6 +911,8 @@ class OnPolicyAgent(BaseAlgorithm):
             valid = buf.valid
             ev = explained_variance(buf.values[valid].cpu().numpy(), buf.returns[valid].cpu().numpy())
             self.logger.record("train/explained_variance", float(ev))
+        if self.normalize_reward:
+            self.logger.record("train/reward_scale", self.reward_scale)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         if self._polyak:
             self.logger.record("train/return_estimate", self._return_estimate)

@@ -135,6 +135,9 @@ class REINFORCE(OnPolicyAgent):
                                  "pass an env id")
             if kwargs.get("process_group", "world") is not None and _distributed():
                 raise ValueError("Invalid twin=True in a data-parallel run: pass process_group=None")
+        if kwargs.get("normalize_reward"):
+            raise ValueError("Invalid normalize_reward=True for REINFORCE: its Monte-Carlo returns set the Polyak "
+                             "and SPS targets in the env's units; use normalize_advantage=True to scale its steps")
         self._twin_spec: dict[str, Any] = {}
         super().__init__(
             policy, env, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, learning_rate=learning_rate,

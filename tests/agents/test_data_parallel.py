@@ -51,8 +51,9 @@ def _short_runs(rank: int, out: str) -> dict[str, Any]:
         "ppo_polyak": (agents.PPO, dict(optimizer="polyak", n_envs=8, n_steps=32, batch_size=64, n_epochs=2,
                                         target_kl=0.05, policy_kwargs={"normalize_obs": True}), 1024),
         "ppo_sps": (agents.PPO, dict(optimizer="sps", n_envs=8, n_steps=32, batch_size=64, n_epochs=2), 1024),
-        # A2C: the whole-rollout normalisation and SLS's trust region
-        "a2c_sls": (agents.A2C, dict(optimizer="sls", n_envs=8, n_steps=8, normalize_advantage=True), 1024),
+        # A2C: the whole-rollout normalisation, SLS's trust region, the reward normalisation's return statistics
+        "a2c_sls": (agents.A2C, dict(optimizer="sls", n_envs=8, n_steps=8, normalize_advantage=True,
+                                     normalize_reward=True), 1024),
         # REINFORCE: unequal numbers of episodes per rank, SPS's online f* from the union's return
         "reinforce_sps": (agents.REINFORCE, dict(optimizer="sps", n_envs=4, n_steps=128), 2048),
         "reinforce_adam": (agents.REINFORCE, dict(optimizer="adam", n_envs=4, n_steps=128, normalize_advantage=True),
@@ -67,6 +68,7 @@ def _short_runs(rank: int, out: str) -> dict[str, Any]:
             "episodes": [(ep["r"], ep["l"]) for ep in model.ep_info_buffer],
             "local_envs": model.n_envs,
             "step_size": model.optimizer.stats["step_size"] if hasattr(model.optimizer, "stats") else None,
+            "reward_stats": getattr(model, "_reward_stats", None),
         }
     model = agents.A2C("MlpPolicy", "CartPole-v1", seed=3, n_envs=8, n_steps=8)
     model.learn(10_000, callback=_StopOnRank(rank=1, at=3))
@@ -155,6 +157,9 @@ def test_ranks_stay_identical_and_share_episodes_and_stops(tmp_path: Path) -> No
         assert r0["episodes"] == r1["episodes"] and r0["episodes"]
         assert r0["step_size"] == r1["step_size"]
     assert ranks[0]["ppo_polyak"]["local_envs"] == 4  # n_envs=8 for an env id: the total, split over the ranks
+    # the reward normalisation's statistics pool both ranks' returns (count: every transition plus the prior)
+    stats0, stats1 = ranks[0]["a2c_sls"]["reward_stats"], ranks[1]["a2c_sls"]["reward_stats"]
+    assert torch.equal(stats0, stats1) and float(stats0[0]) == pytest.approx(1024 + 1e-4)
     # rank 1's callback stopped both ranks, at the end of the same rollout
     assert ranks[0]["stopped_at"] == ranks[1]["stopped_at"] == 8 * 8
     assert ranks[0]["loaded"] == (1, True)  # rank 0 alone loaded the checkpoint: it trains alone
