@@ -379,8 +379,8 @@ class OnPolicyAgent(BaseAlgorithm):
         return build_optimizer(name, params, kwargs, self.lr_schedule(1.0))
 
     def _minibatches_per_pass(self) -> int | None:
-        """Optimizer steps per pass over one rollout when an update makes several passes (PPO's epochs), else None:
-        one step per fresh rollout has no epoch, and SLS keeps its own default."""
+        """Optimizer steps per pass over one rollout (PPO: its minibatches; A2C: 1), or None to leave SLS its own
+        default (REINFORCE)."""
         return None
 
     def _rule_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:

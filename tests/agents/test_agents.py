@@ -649,7 +649,7 @@ def test_policy_line_searches_keep_a_trust_region_by_default(algo: str, rule: st
 @pytest.mark.parametrize(("algo", "kwargs", "passes"), [
     ("PPO", {"n_envs": 4, "n_steps": 32, "batch_size": 32}, 4),
     ("PPO", {"n_envs": 4, "n_steps": 30, "batch_size": 64}, 2),  # 120 samples: a minibatch of 64 and one of 56
-    ("A2C", {"n_envs": 4, "n_steps": 8}, 500), ("REINFORCE", {"n_envs": 4, "n_steps": 64}, 500)])  # SLS's own
+    ("A2C", {"n_envs": 4, "n_steps": 8}, 1), ("REINFORCE", {"n_envs": 4, "n_steps": 64}, 500)])  # SLS's own
 def test_sls_counts_an_epoch_as_one_pass_over_the_rollout(algo: str, kwargs: dict, passes: int) -> None:
     model = getattr(agents, algo)("MlpPolicy", "CartPole-v1", optimizer="sls", seed=0, **kwargs)
     assert model.optimizer.param_groups[0]["n_batches_per_epoch"] == passes
