@@ -179,6 +179,9 @@ class OnPolicyAgent(BaseAlgorithm):
     #: ``max_kl`` of the policy's line searches unless ``optimizer_kwargs`` sets one (see
     #: :meth:`_policy_optimizer_kwargs`); None: no trust region
     DEFAULT_MAX_KL: ClassVar[float | None] = None
+    #: ``max_kl`` of :class:`rlopt.PolyakPG` on the policy unless ``optimizer_kwargs`` sets one; None: its Armijo
+    #: check alone
+    POLYAK_MAX_KL: ClassVar[float | None] = None
 
     def __init__(
         self,
@@ -421,10 +424,11 @@ class OnPolicyAgent(BaseAlgorithm):
         cls = spec.cls if isinstance(spec.cls, type) else type(None)
         if (issubclass(cls, rlopt.PolyakPG) or issubclass(cls, rlopt.SPS)) and kwargs.get("mode", "max") == "max":
             kwargs.setdefault("search", True)
-        # the agent's trust region for its policy's searches (not PolyakPG's: its Armijo check serves alone)
+        # the agent's trust region for its policy's searches (PolyakPG's only where POLYAK_MAX_KL says so)
         searches = spec.line_search or (issubclass(cls, rlopt.SPS) and bool(kwargs.get("search")))
-        if self.DEFAULT_MAX_KL is not None and searches and "max_kl" in inspect.signature(cls).parameters:
-            kwargs.setdefault("max_kl", self.DEFAULT_MAX_KL)
+        bound = self.POLYAK_MAX_KL if issubclass(cls, rlopt.PolyakPG) else self.DEFAULT_MAX_KL if searches else None
+        if bound is not None and "max_kl" in inspect.signature(cls).parameters:
+            kwargs.setdefault("max_kl", bound)
         return kwargs
 
     def _build_buffer(self) -> None:

@@ -637,9 +637,12 @@ def test_policy_line_searches_keep_a_trust_region_by_default(algo: str, rule: st
     cls = getattr(agents, algo)
     model = cls("MlpPolicy", "CartPole-v1", optimizer=rule, n_envs=2, n_steps=4, seed=0,
                 **({"batch_size": 8} if algo == "PPO" else {}))
-    searches = rule in ("sls", "ponos", "sps")  # sps: the agents search by default; polyak: its Armijo check alone
-    assert model.optimizer.param_groups[0].get("max_kl") == (cls.DEFAULT_MAX_KL if searches else None)
-    if searches:  # the critic's regression has no such region, and None turns the policy's off
+    searches = rule in ("sls", "ponos", "sps")  # sps: the agents search by default
+    # polyak: A2C's bound (its surrogate is unclipped), else its Armijo check alone
+    expected = cls.DEFAULT_MAX_KL if searches else cls.POLYAK_MAX_KL if rule == "polyak" else None
+    assert model.optimizer.param_groups[0].get("max_kl") == expected
+    assert (rule == "polyak" and algo == "A2C") == (rule == "polyak" and expected is not None)
+    if expected is not None:  # the critic's regression has no such region, and None turns the policy's off
         assert model.critic_optimizer is None or model.critic_optimizer.param_groups[0].get("max_kl") is None
         off = cls("MlpPolicy", "CartPole-v1", optimizer=rule, optimizer_kwargs={"max_kl": None}, n_envs=2,
                   n_steps=4, seed=0, **({"batch_size": 8} if algo == "PPO" else {}))
