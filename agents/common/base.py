@@ -289,6 +289,9 @@ class OnPolicyAgent(BaseAlgorithm):
         self._ep_length: torch.Tensor | None = None
         self._env_seeded = False
         self._return_estimate = float("nan")
+        # normalize_reward: (count, mean, var) of the discounted returns from SB3's RunningMeanStd start (here, not
+        # in _setup_model: SB3's load sets the saved attributes before it calls _setup_model)
+        self._reward_stats = torch.tensor([1e-4, 0.0, 1.0], dtype=torch.float64, device=self.device)
         if _init_setup_model:
             self._setup_model()
 
@@ -564,10 +567,9 @@ class OnPolicyAgent(BaseAlgorithm):
         obs: torch.Tensor = self._last_obs  # type: ignore[assignment]
         callback.on_rollout_start()
         stop_requested = False
-        if self.use_sde:
-            policy.reset_noise(stepper.num_envs, self._generator)
         for step in range(self.n_steps):
-            if self.use_sde and self.sde_sample_freq > 0 and step > 0 and step % self.sde_sample_freq == 0:
+            # gSDE: new noise at the rollout's start and every sde_sample_freq steps
+            if self.use_sde and (step == 0 or (self.sde_sample_freq > 0 and step % self.sde_sample_freq == 0)):
                 policy.reset_noise(stepper.num_envs, self._generator)
             with torch.no_grad():
                 actions, log_probs = policy.act(obs, self._generator)
@@ -667,10 +669,7 @@ class OnPolicyAgent(BaseAlgorithm):
         sums = torch.stack((w.sum(1), (w * returns).sum(1), (w * returns.square()).sum(1)), 1)
         if self._dp is not None:
             sums = self._dp.sum(sums)
-        stats = getattr(self, "_reward_stats", None)
-        if stats is None:
-            stats = torch.tensor([1e-4, 0.0, 1.0], dtype=torch.float64, device=self.device)
-        count0, mean0, var0 = stats.unbind()
+        count0, mean0, var0 = self._reward_stats.unbind()
         count = count0 + sums[:, 0].cumsum(0)
         mean = (count0 * mean0 + sums[:, 1].cumsum(0)) / count
         var = ((count0 * (var0 + mean0.square()) + sums[:, 2].cumsum(0)) / count - mean.square()).clamp_min(0.0)
@@ -682,10 +681,7 @@ class OnPolicyAgent(BaseAlgorithm):
     def reward_scale(self) -> float:
         """The current divisor of the rewards under ``normalize_reward`` (``sqrt(var + 1e-8)`` of the discounted
         returns; 1 without it): the factor from the critic's and the advantages' units back to the env's."""
-        stats = getattr(self, "_reward_stats", None)
-        if not self.normalize_reward or stats is None:
-            return 1.0
-        return math.sqrt(float(stats[2]) + 1e-8)
+        return math.sqrt(float(self._reward_stats[2]) + 1e-8) if self.normalize_reward else 1.0
 
     def _save_prev_done(self) -> None:
         prev = getattr(self._stepper, "_prev_done", None)

@@ -267,17 +267,24 @@ class ActorCriticPolicy(BasePolicy):
         return log_prob, (0.5 + half_log_2pi + log_std).sum(-1)
 
     @torch.no_grad()
+    def _draw_matrices(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """``n`` noise matrices ``(n, features, actions)`` with entries from ``N(0, exp(log_std)^2)``."""
+        std = self._sde_std()
+        return std * torch.randn((int(n), *std.shape), generator=generator, device=std.device, dtype=std.dtype)
+
+    @torch.no_grad()
     def reset_noise(self, n_envs: int = 1, generator: torch.Generator | None = None) -> None:
         """Draw gSDE's noise matrices for ``n_envs`` copies with ``generator`` (the global RNG if None).
 
         A no-op without ``use_sde`` (stable-baselines3's ``reset_noise`` raises there; the agents call it only
         under gSDE).
         """
-        if not self.use_sde:
-            return
-        std = self._sde_std()
-        noise = torch.randn((int(n_envs), *std.shape), generator=generator, device=std.device, dtype=std.dtype)
-        self.exploration_matrices = noise * std
+        if self.use_sde:
+            self.exploration_matrices = self._draw_matrices(n_envs, generator)
+
+    def _sde_actions(self, features: torch.Tensor, mean: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+        """``mu(s) + z(s) E`` with one matrix ``E`` per row."""
+        return mean + torch.bmm(features.detach().unsqueeze(1), matrices).squeeze(1)
 
     def _act_sde(self, x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         features, mean = self._features_and_mean(x)
@@ -286,7 +293,7 @@ class ActorCriticPolicy(BasePolicy):
             self.reset_noise(x.shape[0], generator)  # a batch the current draw does not cover
             matrices = self.exploration_matrices
         assert matrices is not None
-        actions = mean + torch.bmm(features.detach().unsqueeze(1), matrices).squeeze(1)
+        actions = self._sde_actions(features, mean, matrices)
         return actions, self._sde_log_prob_and_entropy(features, mean, actions)[0]
 
     def evaluate_actions(
@@ -334,9 +341,7 @@ class ActorCriticPolicy(BasePolicy):
         if self.use_sde and not deterministic:
             # a noise matrix per observation from the global RNG; the rollout's matrices are left alone
             features, mean = self._features_and_mean(x)
-            std = self._sde_std()
-            matrices = std * torch.randn((x.shape[0], *std.shape), device=std.device, dtype=std.dtype)
-            return self.env_actions(mean + torch.bmm(features.unsqueeze(1), matrices).squeeze(1))
+            return self.env_actions(self._sde_actions(features, mean, self._draw_matrices(x.shape[0], None)))
         out = self.actor(x)
         if self.discrete:
             if deterministic:
