@@ -421,8 +421,9 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             self.stats["forward_calls"] += 1
             return self._scalar(closure())
 
-        feasible = None
+        feasible = hopeless = None
         kl_rejected = [False]
+        at_edge: list[bool] = []
         kl, max_kl = self._kl, hp.get("max_kl")
         if kl is not None and max_kl is not None:
             bound = float(max_kl)
@@ -435,10 +436,25 @@ class StepSizeOptimizer(torch.optim.Optimizer):
                 kl_rejected[0] |= not inside
                 return inside
 
+            def hopeless() -> bool:
+                # After the first trial the region rejected: is the iterate itself outside it? Then so is every
+                # shorter trial (to first order), and the search stops instead of backtracking to the limit.
+                if not at_edge:
+                    if origin is None:
+                        torch._foreach_add_(params, ds.direction, alpha=moved[0])
+                    else:
+                        torch._foreach_copy_(params, origin)
+                    moved[0] = 0.0
+                    snapshot.restore()
+                    value = self._scalar(kl())
+                    self.stats["kl"] = value
+                    at_edge.append(not (math.isfinite(value) and value <= bound))
+                return at_edge[0]
+
         # Same batch and same random numbers at every trial, or the test compares different functions.
         with snapshot.forked(), self._running_stats(), torch.no_grad():
             result, accepted_loss = armijo_backtracking(phi, eta0, proposal.reference, proposal.c * slope,
-                                                        proposal.shrink, max_backtracks, feasible)
+                                                        proposal.shrink, max_backtracks, feasible, hopeless)
             if not result.accepted:
                 if origin is None:
                     torch._foreach_add_(params, ds.direction, alpha=moved[0])
@@ -448,7 +464,14 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             self.stats["accepted_loss"] = accepted_loss
         else:
             self.stats["failures"] += 1
-            if kl_rejected[0]:
+            if at_edge and at_edge[0]:
+                self._warn_once(
+                    "kl_edge",
+                    f"{type(self).__name__}: the policy is already outside its trust region (KL above max_kl="
+                    f"{max_kl} before this step); no step was taken (counted in stats['failures']; warned once)",
+                    stacklevel=5,
+                )
+            elif kl_rejected[0]:
                 self._warn_once(
                     "kl_failure",
                     f"{type(self).__name__}: no trial satisfied both the sufficient-decrease test and max_kl="

@@ -90,11 +90,14 @@ def armijo_backtracking(
     shrink: float,
     max_backtracks: int,
     feasible: Callable[[], bool] | None = None,
+    hopeless: Callable[[], bool] | None = None,
 ) -> tuple[SearchResult, float]:
     """The one backtracking loop: the first ``eta = eta0 * shrink^j`` (``j <= max_backtracks``) with a finite
     ``phi(eta) <= reference - eta * decrease`` and, when ``feasible`` is given, ``feasible()`` true at that trial
     point (evaluated right after ``phi(eta)``, only when the decrease test passed: TRPO's backtracking on the
-    surrogate with its KL constraint).
+    surrogate with its KL constraint). ``hopeless`` is asked after a trial that passed the decrease test and
+    failed ``feasible``; True ends the search there with no trial accepted (the line searches' trust region:
+    the iterate itself is outside it, so every shorter trial is too, to first order).
 
     ``phi(eta)`` is the objective at the trial step ``eta`` (the optimizers move their parameters there and
     evaluate the closure; the bilevel upper rules evaluate a line model); ``decrease`` is ``c * g^T d``.
@@ -109,8 +112,11 @@ def armijo_backtracking(
     eta, j = eta0, 0
     for j in range(max_backtracks + 1):
         trial = phi(eta)
-        if math.isfinite(trial) and trial <= reference - eta * decrease and (feasible is None or feasible()):
-            return SearchResult(eta, j, accepted=True, searched=True), trial
+        if math.isfinite(trial) and trial <= reference - eta * decrease:
+            if feasible is None or feasible():
+                return SearchResult(eta, j, accepted=True, searched=True), trial
+            if hopeless is not None and hopeless():
+                break
         if j < max_backtracks:
             eta *= shrink
     return SearchResult(0.0, j, accepted=False, searched=True), math.nan

@@ -278,6 +278,36 @@ def test_an_accepted_step_satisfies_armijo_and_the_kl_bound(name: str) -> None:
     assert steps[0.05] < steps[None]  # the region, not the decrease test, limited the step
 
 
+@pytest.mark.parametrize("name", ["sls", "ponos", "sps"])
+def test_a_search_from_outside_the_trust_region_stops_at_once(name: str) -> None:
+    """When the iterate is itself outside the region (the policy moved past max_kl earlier in the update), no
+    shorter trial can enter it: the search stops after the first trial the region rejects, takes no step and
+    leaves the parameters where they were, instead of backtracking max_backtracks times."""
+    target = torch.full((4,), 10.0, dtype=torch.float64)
+    w = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    start = w.detach().clone()
+    kwargs = {"search": True} if name == "sps" else {}
+    opt = rlopt.build_optimizer(name, [w], max_kl=0.5, **kwargs)
+    calls = [0]
+
+    def kl(w: torch.Tensor = w) -> torch.Tensor:
+        calls[0] += 1
+        return 1.0 + ((w - start) ** 2).sum()  # 1 > max_kl at the iterate already
+
+    with pytest.warns(RuntimeWarning, match="already outside its trust region"):
+        opt.step(lambda: ((w - target) ** 2).sum(), kl=kl)
+    assert opt.stats["failures"] == 1 and opt.stats["step_size"] == 0.0
+    assert opt.stats["kl"] == 1.0
+    assert calls[0] == 2  # the rejected trial and the iterate
+    assert opt.stats["backtracks"] < 5
+    torch.testing.assert_close(w.detach(), start)  # back where it was, to rounding
+
+    # inside the region, a trial the region rejects is backtracked from as before
+    opt = rlopt.build_optimizer(name, [w], max_kl=0.5, **kwargs)
+    opt.step(lambda: ((w - target) ** 2).sum(), kl=lambda: ((w - start) ** 2).sum())
+    assert opt.stats["step_size"] > 0 and float(((w.detach() - start) ** 2).sum()) <= 0.5
+
+
 def test_kl_and_max_kl_come_together() -> None:
     w = torch.zeros(2, requires_grad=True)
     with pytest.raises(ValueError, match="needs step\\(closure, kl=fn\\)"):
