@@ -155,18 +155,20 @@ def _normalize(value: float, low: float, high: float) -> float:
     return (value - low) / (high - low) if high > low else math.nan
 
 
-def summarize(records: Sequence[dict[str, Any]], random: dict[str, float]) -> list[dict[str, Any]]:
+def summarize(records: Sequence[dict[str, Any]], random: dict[str, float],
+              reference: dict[tuple[str, str], float] | None = None) -> list[dict[str, Any]]:
     """One row per (algorithm, env, rule): medians over seeds of the final and best returns and normalized
     scores, the targets' verdicts (median normalized final >= 0.9; no collapse: on every seed whose best
     normalized score is >= 0.5 the final one is >= 0.8 of it). Where tuned Adam's median final return is no
-    better than the random policy's the score is undefined (NaN) and the verdict ``None``."""
+    better than the random policy's the score is undefined (NaN) and the verdict ``None``. ``reference`` gives
+    tuned Adam's median final per (algorithm, env) where ``records`` hold no Adam runs (else the score is NaN)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["algorithm"], r["env"], r["rule"]), []).append(r)
     rows = []
     for (algo, env, rule), runs in sorted(groups.items()):
         adam = groups.get((algo, env, "adam"))
-        high = statistics.median(r["final"] for r in adam) if adam else math.nan
+        high = statistics.median(r["final"] for r in adam) if adam else (reference or {}).get((algo, env), math.nan)
         low = random[env]
         finals = [_normalize(r["final"], low, high) for r in runs]
         bests = [_normalize(r["best"], low, high) for r in runs]
