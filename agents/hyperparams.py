@@ -21,21 +21,25 @@ def _table() -> dict[str, dict[str, dict[str, Any]]]:
 
 
 class LinearDecay:
-    """``progress_remaining -> start * progress_remaining``: linear decay to 0 over the training budget.
+    """``progress_remaining -> start * max(progress_remaining, 0)``: linear decay to 0 over the training budget.
+
+    The last rollout may end past the budget (whole rollouts, as SB3), where SB3's remaining progress is negative:
+    the RL Zoo's ``lin_`` would then give a negative learning rate (Adam ascends) or clip range for one update.
+    Here the schedule stays at 0 there.
 
     A class rather than a closure, so that a saved model stores it as plain data that loads without running
     code (see :mod:`rlopt.agents.common.serialization`).
 
     Example:
-        >>> LinearDecay(2.5e-3)(0.5)
-        0.00125
+        >>> LinearDecay(2.5e-3)(0.5), LinearDecay(2.5e-3)(-0.024)
+        (0.00125, 0.0)
     """
 
     def __init__(self, start: float) -> None:
         self.start = float(start)
 
     def __call__(self, progress_remaining: float) -> float:
-        return self.start * progress_remaining
+        return self.start * max(progress_remaining, 0.0)
 
     def __repr__(self) -> str:
         return f"LinearDecay({self.start!r})"
@@ -63,9 +67,9 @@ def hyperparams(algorithm: str, env_id: str, optimizer: Any = "adam") -> dict[st
 
     Example:
         >>> hyperparams("PPO", "CartPole-v1")["n_envs"]
-        128
-        >>> hyperparams("PPO", "CartPole-v1")["clip_range"], hyperparams("PPO", "CartPole-v1", "sls")["clip_range"]
-        (0.3, 0.2)
+        8
+        >>> hyperparams("PPO", "Pendulum-v1")["n_envs"], hyperparams("PPO", "Pendulum-v1", "sls")["n_envs"]
+        (4, 32)
     """
     table = _table()
     if algorithm not in table:

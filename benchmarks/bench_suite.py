@@ -106,6 +106,8 @@ def main(argv: list[str]) -> int:
                 previous = Path(__file__).parent / f"agents_suite_{algo}.png"
                 if previous.exists():
                     plots.append(previous)
+                    notes += (f" The {algo} plot is the full run's: the archive does not hold every env of {algo} "
+                              "yet, so its curves are not redrawn.")
     rows = [[r["algorithm"], r["env"], r["rule"], r["budget"], round(r["final"], 1), round(r["best"], 1),
              round(r["score"], 2), f"{r['collapsed']}/{r['seeds']}", suite._verdict(r["meets_target"])]
             for r in table]

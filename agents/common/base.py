@@ -324,7 +324,7 @@ class OnPolicyAgent(BaseAlgorithm):
             >>> from rlopt import agents
             >>> model = agents.PPO.tuned("CartPole-v1", optimizer="sls", seed=0)
             >>> model.n_envs, model.tuned_timesteps
-            (128, 150000)
+            (8, 100000)
         """
         from rlopt.agents.hyperparams import hyperparams
 
@@ -737,6 +737,18 @@ class OnPolicyAgent(BaseAlgorithm):
         vloss = rlopt.closure_step(self.critic_optimizer, value_loss, max_grad_norm=self.max_grad_norm,
                                    grad_hook=hook)
         return loss.detach() + self.vf_coef * vloss.detach()
+
+    def _critic_step(self, policy_loss: Callable[[], torch.Tensor], value_loss: Callable[[], torch.Tensor]
+                     ) -> torch.Tensor:
+        """A minibatch step of the critic's optimizer alone (the policy keeps its parameters); ``policy_loss`` is
+        evaluated once for its statistics. Returns the combined loss at the current iterate."""
+        assert self.critic_optimizer is not None
+        with torch.enable_grad():
+            loss = policy_loss().detach()
+        hook = None if self._dp is None else self._dp.average_gradients
+        vloss = rlopt.closure_step(self.critic_optimizer, value_loss, max_grad_norm=self.max_grad_norm,
+                                   grad_hook=hook)
+        return loss + self.vf_coef * vloss.detach()
 
     def _apply_lr_schedule(self) -> None:
         """Set the scheduled learning rate on the torch optimizers (rlopt's rules choose their own steps)."""

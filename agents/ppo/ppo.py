@@ -43,8 +43,10 @@ class PPO(OnPolicyAgent):
         env: env id, ``rlopt.envs.TorchVecEnv``, Gymnasium env or SB3 ``VecEnv``.
         batch_size: minibatch size.
         n_epochs: passes over each rollout.
-        clip_range: surrogate clipping :math:`\epsilon`.
-        clip_range_vf: value clipping around the old values (None: no clipping).
+        clip_range: surrogate clipping :math:`\epsilon`, ``0 < clip_range < 1``, or a schedule of the remaining
+            progress (1 at the start of ``learn``, 0 at its end) as stable-baselines3's, e.g. the RL Zoo's
+            ``lin_0.2`` (:func:`rlopt.agents.hyperparams.linear_schedule`): read once per update.
+        clip_range_vf: value clipping around the old values (None: no clipping), a number or a schedule.
         target_kl: stop an update, before the minibatch step, once the approximate KL of the current policy on
             that minibatch exceeds ``1.5 * target_kl`` (stable-baselines3's meaning; :mod:`rlopt.agents.ppo.loss`).
         **kwargs: see :class:`rlopt.agents.common.base.OnPolicyAgent` (``optimizer``, ``n_envs``, ``n_steps``,
@@ -83,8 +85,8 @@ class PPO(OnPolicyAgent):
         n_epochs: int = 4,
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
-        clip_range: float = 0.2,
-        clip_range_vf: float | None = None,
+        clip_range: float | Callable[[float], float] = 0.2,
+        clip_range_vf: float | Callable[[float], float] | None = None,
         normalize_advantage: bool = True,
         ent_coef: float = 0.0,
         vf_coef: float = 0.5,
@@ -94,8 +96,10 @@ class PPO(OnPolicyAgent):
     ) -> None:
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.n_epochs = check_int("n_epochs", n_epochs, 1)
-        self.clip_range = check_open("clip_range", clip_range, 0.0, 1.0)
-        self.clip_range_vf = check_positive("clip_range_vf", clip_range_vf, allow_none=True)
+        self.clip_range: float | Callable[[float], float] = _check_schedule(
+            "clip_range", clip_range, lambda name, v: check_open(name, v, 0.0, 1.0))
+        self.clip_range_vf: float | Callable[[float], float] | None = None if clip_range_vf is None else \
+            _check_schedule("clip_range_vf", clip_range_vf, check_positive)
         self.target_kl = check_positive("target_kl", target_kl, allow_none=True)
         super().__init__(
             policy, env, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, learning_rate=learning_rate,
@@ -132,21 +136,32 @@ class PPO(OnPolicyAgent):
         """The minibatch's policy closure as the policy's rule needs it: with ``f_star`` set to the surrogate's
         infimum for a rule that takes one, or in the return's units, ``J*`` capped by the clip's bound, under
         ``"polyak"`` (:meth:`_polyak_closure`)."""
+        clip = self._clip_now(self.clip_range)
         if self._polyak:
-            sup = -loss_terms.surrogate_infimum(adv, self.clip_range)
+            sup = -loss_terms.surrogate_infimum(adv, clip)
             return self._polyak_closure(policy_loss, first, adv, adv_scale, sup)
-        self._set_policy_lower_bound(adv, self.clip_range)
+        self._set_policy_lower_bound(adv, clip)
         return policy_loss
+
+    def _clip_now(self, value: float | Callable[[float], float]) -> float:
+        """``clip_range`` (or ``clip_range_vf``) at the current progress: a schedule read as SB3 reads it, at least 0
+        (past the budget's end SB3's remaining progress is negative, and a negative clip inverts the clamp)."""
+        return max(float(value(self._current_progress_remaining)), 0.0) if callable(value) else float(value)
 
     def train(self) -> None:
         """``n_epochs`` passes of clipped-surrogate minibatch steps over the rollout."""
         batch = self.rollout_buffer.flatten()
-        clip, clip_vf = self.clip_range, self.clip_range_vf
+        clip = self._clip_now(self.clip_range)
+        clip_vf = None if self.clip_range_vf is None else self._clip_now(self.clip_range_vf)
         policy = self.policy
         stats: dict[str, list[float]] = {}
         tensors: dict[str, list[torch.Tensor]] = {}
         stop = False
-        if self._polyak:
+        # At clip_range 0 (the end of a schedule such as the RL Zoo's lin_0.2) every ratio's clipped term is least
+        # at rho = 1: the rollout's policy minimizes the surrogate and no step can decrease it. A policy with an
+        # optimizer of its own and no entropy bonus keeps its parameters; the critic's fit goes on.
+        frozen = clip == 0.0 and self.ent_coef == 0.0 and self.critic_optimizer is not None
+        if self._polyak and not frozen:
             self._polyak_update_target()
         for _ in range(self.n_epochs):
             for idx in self._minibatches(batch, self._rank_batch_size):
@@ -181,10 +196,13 @@ class PPO(OnPolicyAgent):
                     if loss_terms.kl_stop(kl_before, self.target_kl):
                         stop = True
                         break
-                step_loss = self._policy_step_loss(policy_loss, first, adv, adv_scale)
-                kl = self._kl_closure(mb.observations, mb.actions, mb.log_probs)
-                loss = self._step_losses(step_loss, value_loss, kl)
-                self._record_step_stats(stats)
+                if frozen:
+                    loss = self._critic_step(policy_loss, value_loss)
+                else:
+                    step_loss = self._policy_step_loss(policy_loss, first, adv, adv_scale)
+                    kl = self._kl_closure(mb.observations, mb.actions, mb.log_probs)
+                    loss = self._step_losses(step_loss, value_loss, kl)
+                    self._record_step_stats(stats)
                 tensors.setdefault("loss", []).append(loss.detach())
                 tensors.setdefault("policy_gradient_loss", []).append(first["pg"])
                 tensors.setdefault("value_loss", []).append(first["value"])
@@ -195,3 +213,18 @@ class PPO(OnPolicyAgent):
                 break
         self._log_train(stats, tensors)
         self.logger.record("train/clip_range", clip)
+        if clip_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_vf)
+
+
+def _check_schedule(name: str, value: Any, check: Callable[[str, Any], float]) -> float | Callable[[float], float]:
+    """A number checked by ``check``, or a schedule (a callable of the remaining progress) whose value at the start
+    passes ``check``, so that a bad schedule fails here rather than at the first update."""
+    if callable(value):
+        try:
+            start = value(1.0)
+        except Exception as exc:
+            raise ValueError(f"Invalid {name}: the schedule {value!r} raised {exc!r} at progress 1.0") from exc
+        check(f"{name}(1.0)", start)
+        return value
+    return check(name, value)

@@ -412,6 +412,82 @@ def test_learning_rate_schedule_applies_to_torch_optimizers() -> None:
     model.learn(4 * 8 * 4)
     # as in SB3, the progress is updated after each rollout, so update k of 4 runs at 1 - k / 4
     assert seen == pytest.approx([1e-3 * (1 - k / 4) for k in range(1, 5)])
+    # a budget that ends inside the last rollout: SB3's remaining progress is negative there; the rate stays 0
+    seen.clear()
+    model.learn(4 * 8 * 4 - 1)
+    assert seen[-1] == 0.0 and min(seen) >= 0.0
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sps", "polyak"])
+def test_clip_range_schedules_are_read_once_per_update(optimizer: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """SB3's clip_range and clip_range_vf schedules (the RL Zoo's lin_0.2): update k of 4 clips the surrogate, sets
+    SPS's f_star and caps the Polyak target at the schedule's value at progress 1 - k / 4; the schedule is saved."""
+    from rlopt.agents.common import base as base_module
+    from rlopt.agents.hyperparams import linear_schedule
+    from rlopt.agents.ppo import ppo as ppo_module
+
+    clips: list[float] = []
+    vf_clips: list[float | None] = []
+    bounds: list[float] = []
+    surrogate, value_loss, infimum = (ppo_module.loss_terms.clipped_surrogate, ppo_module.loss_terms.value_loss,
+                                      ppo_module.loss_terms.surrogate_infimum)
+    monkeypatch.setattr(ppo_module.loss_terms, "clipped_surrogate",
+                        lambda lp, old, adv, clip: clips.append(clip) or surrogate(lp, old, adv, clip))
+    monkeypatch.setattr(ppo_module.loss_terms, "value_loss",
+                        lambda v, old, ret, clip: vf_clips.append(clip) or value_loss(v, old, ret, clip))
+    for module in (ppo_module.loss_terms, base_module):
+        monkeypatch.setattr(module, "surrogate_infimum", lambda adv, clip: bounds.append(clip) or infimum(adv, clip))
+    model = _make("PPO", optimizer=optimizer, clip_range=linear_schedule(0.2),
+                  clip_range_vf=linear_schedule(0.5), n_epochs=1, batch_size=64)
+    model.learn(4 * 16 * 4)
+    per_update = [0.2 * (1 - k / 4) for k in range(1, 5)]
+    assert sorted(set(clips), reverse=True) == pytest.approx(per_update)
+    assert sorted({c for c in vf_clips if c is not None}, reverse=True) == pytest.approx([0.5 / 0.2 * c for c in
+                                                                                         per_update])
+    if optimizer != "adam":  # SPS's f_star and the Polyak target's cap come from the scheduled clip too (at 0
+        # the policy keeps its parameters: test_at_clip_range_zero_the_policy_keeps_its_parameters...)
+        assert sorted(set(bounds), reverse=True) == pytest.approx(per_update[:-1])
+    model.save(tmp_path / "m.zip")
+    loaded = agents.PPO.load(tmp_path / "m.zip")
+    assert loaded.clip_range == linear_schedule(0.2) and loaded.clip_range_vf == linear_schedule(0.5)
+
+
+@pytest.mark.parametrize("optimizer", ["sls", "sps", "polyak"])
+def test_at_clip_range_zero_the_policy_keeps_its_parameters_and_the_critic_trains(optimizer: str) -> None:
+    """The last update of a schedule that ends at 0 (the RL Zoo's lin_0.2): the rollout's policy minimizes the
+    clipped surrogate, so a policy rule has nothing to search for. It keeps its parameters (no failed searches,
+    no warning); the critic still fits."""
+    from rlopt.agents.hyperparams import linear_schedule
+
+    model = _make("PPO", optimizer=optimizer, clip_range=linear_schedule(0.2), n_epochs=2, batch_size=32)
+    snapshots: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+    train = model.train
+
+    def spy() -> None:
+        before = ([p.detach().clone() for p in model.policy.actor_parameters()],
+                  [p.detach().clone() for p in model.policy.critic_parameters()])
+        train()
+        after = ([p.detach().clone() for p in model.policy.actor_parameters()],
+                 [p.detach().clone() for p in model.policy.critic_parameters()])
+        snapshots.append((before, after))
+
+    model.train = spy  # type: ignore[method-assign]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.learn(4 * 16 * 3)  # 3 updates: the last at progress 0
+    for k, ((actor0, critic0), (actor1, critic1)) in enumerate(snapshots):
+        actor_moved = any(not torch.equal(a, b) for a, b in zip(actor0, actor1, strict=True))
+        assert actor_moved == (k < 2), k
+        assert any(not torch.equal(a, b) for a, b in zip(critic0, critic1, strict=True)), k
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"clip_range": lambda p: 1.5}, r"clip_range\(1.0\)"), ({"clip_range": lambda p: 1 / 0}, "raised"),
+    ({"clip_range_vf": lambda p: -1.0}, r"clip_range_vf\(1.0\)"), ({"clip_range": "lin_0.2"}, "clip_range")])
+def test_bad_clip_range_schedules_are_refused_early(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _make("PPO", **kwargs)
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))
