@@ -102,14 +102,18 @@ WIDE = {"n_envs": 128, "n_steps": 32, "batch_size": 2048, "n_epochs": 4, "learni
         "gamma": 0.99, "gae_lambda": 0.95, "clip_range": 0.2}
 
 
+def wide_kwargs(optimizer: str) -> dict[str, Any]:
+    """agents.PPO's constructor arguments for the wide shape (Adam's clip range 0.3, as that entry had)."""
+    from rlopt.agents.hyperparams import parse_schedules
+
+    return parse_schedules(dict(WIDE, **({"clip_range": 0.3} if optimizer == "adam" else {})))
+
+
 def run_ours(seed: int, optimizer: str, eval_env: Any, budget: int, shape: str = "tuned") -> StopAtTarget:
     from rlopt import agents
-    from rlopt.agents.hyperparams import hyperparams, parse_schedules
+    from rlopt.agents.hyperparams import hyperparams
 
-    if shape == "wide":
-        kwargs = parse_schedules(dict(WIDE, **({"clip_range": 0.3} if optimizer == "adam" else {})))
-    else:
-        kwargs = hyperparams("PPO", "CartPole-v1", optimizer)
+    kwargs = wide_kwargs(optimizer) if shape == "wide" else hyperparams("PPO", "CartPole-v1", optimizer)
     kwargs.pop("total_timesteps", None)
     if optimizer != "adam":
         kwargs.pop("learning_rate", None)

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 
+import bench_agents
 import report
 import torch
 import torch.distributed as dist
@@ -31,10 +32,8 @@ RUNS = [("PPO", "adam"), ("PPO", "sls"), ("A2C", "adam"), ("A2C", "sls"), ("PPO 
 #: a compute-bound update: a 512x512 MLP on 512 copies, minibatches of 4096 (65,536 steps per run)
 LARGE = {"n_envs": 512, "n_steps": 32, "batch_size": 4096, "n_epochs": 4, "policy_kwargs": {"net_arch": [512, 512]}}
 LARGE_TIMESTEPS = 65_536
-#: many tensor-batched copies and few, large minibatch steps (PPO: bench_agents.py's "wide" shape)
-WIDE = {"PPO": {"n_envs": 128, "n_steps": 32, "batch_size": 2048, "n_epochs": 4, "learning_rate": "lin_2.5e-3",
-                "gamma": 0.99, "gae_lambda": 0.95, "clip_range": 0.2},
-        "A2C": {"n_envs": 64, "n_steps": 8, "learning_rate": 2.5e-3, "gamma": 0.99, "gae_lambda": 1.0}}
+#: A2C's wide shape: 64 copies x 8 steps (PPO's is bench_agents.py's "wide")
+A2C_WIDE = {"n_envs": 64, "n_steps": 8, "learning_rate": 2.5e-3, "gamma": 0.99, "gae_lambda": 1.0}
 
 
 def _run(algo: str, rule: str, timesteps: int) -> tuple[float, float]:
@@ -43,9 +42,7 @@ def _run(algo: str, rule: str, timesteps: int) -> tuple[float, float]:
         model = agents.PPO("MlpPolicy", "CartPole-v1", optimizer=rule, seed=0, **LARGE)
         timesteps = LARGE_TIMESTEPS
     else:  # the wide shapes: the yaml's CartPole entries when this table was first measured
-        from rlopt.agents.hyperparams import parse_schedules
-
-        wide = parse_schedules({**WIDE[algo], **({"clip_range": 0.3} if algo == "PPO" and rule == "adam" else {})})
+        wide = bench_agents.wide_kwargs(rule) if algo == "PPO" else A2C_WIDE
         model = getattr(agents, algo)("MlpPolicy", "CartPole-v1", optimizer=rule, seed=0, **wide)
     start = time.perf_counter()
     model.learn(timesteps)

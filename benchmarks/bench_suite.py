@@ -33,7 +33,9 @@ def merge_archive(records: list[dict], archive: Path = ARCHIVE) -> list[dict]:
     record replaces an old one), written atomically; returns every archived record."""
     from rlopt._atomic import atomic_write
 
-    key = lambda r: (r["algorithm"], r["env"], r["rule"], int(r["seed"]))  # noqa: E731
+    def key(r: dict) -> tuple[str, str, str, int]:
+        return r["algorithm"], r["env"], r["rule"], int(r["seed"])
+
     merged = {}
     if archive.exists():
         for line in archive.read_text().splitlines():

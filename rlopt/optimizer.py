@@ -410,13 +410,17 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         # from there on every trial and the final restore start from a copy of w.
         origin = [p.detach().clone() for p in params] if eta0 > _EXACT_TRIALS_ABOVE else None
 
-        def phi(eta: float) -> float:
+        def move_to(eta: float) -> None:
             if origin is None:
                 torch._foreach_add_(params, ds.direction, alpha=moved[0] - eta)
             else:
                 torch._foreach_copy_(params, origin)
-                torch._foreach_add_(params, ds.direction, alpha=-eta)
+                if eta != 0.0:
+                    torch._foreach_add_(params, ds.direction, alpha=-eta)
             moved[0] = eta
+
+        def phi(eta: float) -> float:
+            move_to(eta)
             snapshot.restore()
             self.stats["forward_calls"] += 1
             return self._scalar(closure())
@@ -440,11 +444,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
                 # After the first trial the region rejected: is the iterate itself outside it? Then so is every
                 # shorter trial (to first order), and the search stops instead of backtracking to the limit.
                 if not at_edge:
-                    if origin is None:
-                        torch._foreach_add_(params, ds.direction, alpha=moved[0])
-                    else:
-                        torch._foreach_copy_(params, origin)
-                    moved[0] = 0.0
+                    move_to(0.0)
                     snapshot.restore()
                     value = self._scalar(kl())
                     self.stats["kl"] = value
@@ -456,10 +456,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             result, accepted_loss = armijo_backtracking(phi, eta0, proposal.reference, proposal.c * slope,
                                                         proposal.shrink, max_backtracks, feasible, hopeless)
             if not result.accepted:
-                if origin is None:
-                    torch._foreach_add_(params, ds.direction, alpha=moved[0])
-                else:
-                    torch._foreach_copy_(params, origin)
+                move_to(0.0)
         if result.accepted:
             self.stats["accepted_loss"] = accepted_loss
         else:

@@ -710,6 +710,7 @@ class OnPolicyAgent(BaseAlgorithm):
         value_loss: Callable[[], torch.Tensor] | None,
         kl: Callable[[], torch.Tensor] | None = None,
         value: float | None = None,
+        freeze_policy: bool = False,
     ) -> torch.Tensor:
         """Take one optimizer step on the current minibatch and return the loss at the current iterate.
 
@@ -718,7 +719,8 @@ class OnPolicyAgent(BaseAlgorithm):
         ``policy_loss + vf_coef * value_loss``; under the Polyak policy-gradient step the policy takes the
         Polyak step on ``policy_loss`` with ``value = J_hat`` (``None``: ``policy_loss`` is ``-J_hat``, see
         :meth:`_polyak_closure`) and the critic takes an Adam step. ``kl`` (the policy's divergence from the
-        rollout's on the minibatch) reaches a line search built with ``max_kl``.
+        rollout's on the minibatch) reaches a line search built with ``max_kl``. With ``freeze_policy`` (a policy with
+        an optimizer of its own) only the critic steps; ``policy_loss`` is evaluated once, for its statistics.
         """
         hook = None if self._dp is None else self._dp.average_gradients
         if value_loss is None:
@@ -732,23 +734,15 @@ class OnPolicyAgent(BaseAlgorithm):
 
             return rlopt.closure_step(self.optimizer, closure, max_grad_norm=self.max_grad_norm, kl=kl,
                                       grad_hook=hook)
-        loss = rlopt.closure_step(self.optimizer, policy_loss, max_grad_norm=self.max_grad_norm, value=value, kl=kl,
-                                  grad_hook=hook)
+        if freeze_policy:
+            with torch.enable_grad():
+                loss = policy_loss()
+        else:
+            loss = rlopt.closure_step(self.optimizer, policy_loss, max_grad_norm=self.max_grad_norm, value=value,
+                                      kl=kl, grad_hook=hook)
         vloss = rlopt.closure_step(self.critic_optimizer, value_loss, max_grad_norm=self.max_grad_norm,
                                    grad_hook=hook)
         return loss.detach() + self.vf_coef * vloss.detach()
-
-    def _critic_step(self, policy_loss: Callable[[], torch.Tensor], value_loss: Callable[[], torch.Tensor]
-                     ) -> torch.Tensor:
-        """A minibatch step of the critic's optimizer alone (the policy keeps its parameters); ``policy_loss`` is
-        evaluated once for its statistics. Returns the combined loss at the current iterate."""
-        assert self.critic_optimizer is not None
-        with torch.enable_grad():
-            loss = policy_loss().detach()
-        hook = None if self._dp is None else self._dp.average_gradients
-        vloss = rlopt.closure_step(self.critic_optimizer, value_loss, max_grad_norm=self.max_grad_norm,
-                                   grad_hook=hook)
-        return loss + self.vf_coef * vloss.detach()
 
     def _apply_lr_schedule(self) -> None:
         """Set the scheduled learning rate on the torch optimizers (rlopt's rules choose their own steps)."""

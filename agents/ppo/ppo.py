@@ -131,12 +131,11 @@ class PPO(OnPolicyAgent):
 
     def _policy_step_loss(
         self, policy_loss: Callable[[], torch.Tensor], first: dict[str, torch.Tensor], adv: torch.Tensor,
-        adv_scale: torch.Tensor | float,
+        adv_scale: torch.Tensor | float, clip: float,
     ) -> Callable[[], torch.Tensor]:
         """The minibatch's policy closure as the policy's rule needs it: with ``f_star`` set to the surrogate's
         infimum for a rule that takes one, or in the return's units, ``J*`` capped by the clip's bound, under
-        ``"polyak"`` (:meth:`_polyak_closure`)."""
-        clip = self._clip_now(self.clip_range)
+        ``"polyak"`` (:meth:`_polyak_closure`); ``clip`` is this update's clip range."""
         if self._polyak:
             sup = -loss_terms.surrogate_infimum(adv, clip)
             return self._polyak_closure(policy_loss, first, adv, adv_scale, sup)
@@ -197,9 +196,9 @@ class PPO(OnPolicyAgent):
                         stop = True
                         break
                 if frozen:
-                    loss = self._critic_step(policy_loss, value_loss)
+                    loss = self._step_losses(policy_loss, value_loss, freeze_policy=True)
                 else:
-                    step_loss = self._policy_step_loss(policy_loss, first, adv, adv_scale)
+                    step_loss = self._policy_step_loss(policy_loss, first, adv, adv_scale, clip)
                     kl = self._kl_closure(mb.observations, mb.actions, mb.log_probs)
                     loss = self._step_losses(step_loss, value_loss, kl)
                     self._record_step_stats(stats)
