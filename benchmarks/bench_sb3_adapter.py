@@ -1,11 +1,13 @@
 """SB3VecEnv against stable-baselines3's DummyVecEnv at few copies: the time of one VecEnv step, and of a short
 unmodified SB3 PPO training, measured in the same run.
 
-    python benchmarks/bench_sb3_adapter.py [--envs 8] [--steps 3000] [--timesteps 20000]
+    python benchmarks/bench_sb3_adapter.py [--envs 8] [--steps 3000] [--timesteps 100000]
 
 Rows: ``DummyVecEnv`` over Monitor-wrapped Gymnasium envs (what an SB3 user builds); ``SB3VecEnv`` over the eager
-batched env; ``SB3VecEnv`` over the compiled one (``compile=True``; its one-off build time is reported apart).
-One thread, random valid actions, alternating the backends twice and keeping each one's best.
+batched env as ``envs.make`` builds it (at a few CPU copies its step runs in NumPy, ``backend="numpy"``); the same
+with the torch step (``backend="torch"``); ``SB3VecEnv`` over the compiled env (``compile=True``; its one-off build
+time is reported apart). One thread, random valid actions, alternating the backends three times and keeping each one's
+best.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--timesteps", type=int, default=20_000)
+    parser.add_argument("--timesteps", type=int, default=100_000)
     args = parser.parse_args()
     torch.set_num_threads(1)
     n = args.envs
@@ -54,13 +56,15 @@ def main() -> int:
     build = time.perf_counter() - build
     backends: dict[str, Callable[[], VecEnv]] = {
         "DummyVecEnv (Gymnasium + Monitor)": lambda: DummyVecEnv([lambda: Monitor(gym.make("CartPole-v1"))] * n),
-        "SB3VecEnv (eager)": lambda: envs.SB3VecEnv(envs.make("CartPole-v1", num_envs=n, seed=0)),
+        "SB3VecEnv (eager, default: NumPy step)": lambda: envs.SB3VecEnv(envs.make("CartPole-v1", num_envs=n, seed=0)),
+        "SB3VecEnv (eager, torch step)": lambda: envs.SB3VecEnv(
+            envs.make("CartPole-v1", num_envs=n, seed=0, backend="torch")),
         "SB3VecEnv (compiled)": lambda: envs.SB3VecEnv(compiled_env),
     }
     actions = np.random.default_rng(0).integers(0, 2, (args.steps, n))
     step: dict[str, float] = {}
     train: dict[str, float] = {}
-    for _ in range(2):  # alternate, keep the best: machine noise only adds time
+    for _ in range(3):  # alternate, keep the best: machine noise only adds time
         for name, make in backends.items():
             step[name] = min(step.get(name, np.inf), _step_time(make(), actions))
             train[name] = min(train.get(name, np.inf), _train_time(make(), args.timesteps))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rlopt.envs.classic import AcrobotEnv, CartPoleEnv, MountainCarContinuousEnv, MountainCarEnv, PendulumEnv
-from rlopt.envs.core import TorchVecEnv
+from rlopt.envs.core import BACKENDS, TorchVecEnv
 from rlopt.envs.registry import GYMNASIUM_NAMESPACE, make, register_gymnasium_envs, registered_ids
 from rlopt.envs.single import SingleEnv
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from rlopt.envs.sb3 import SB3VecEnv
 
 __all__ = [
+    "BACKENDS",
     "GYMNASIUM_NAMESPACE",
     "AcrobotEnv",
     "CartPoleEnv",

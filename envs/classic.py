@@ -18,6 +18,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from rlopt.envs._ops import Array, ops
 from rlopt.envs.core import TorchVecEnv, angle_normalize
 
 __all__ = ["AcrobotEnv", "CartPoleEnv", "MountainCarContinuousEnv", "MountainCarEnv", "PendulumEnv"]
@@ -63,25 +64,24 @@ class CartPoleEnv(TorchVecEnv):
     single_observation_space = gym.spaces.Box(-_high, _high, dtype=np.float32)
     single_action_space = gym.spaces.Discrete(2)
 
-    def _dynamics(
-        self, state: torch.Tensor, action: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, x_dot, theta, theta_dot = state.unbind(0)
-        force = (action * 2 - 1).to(state.dtype) * self.force_mag
-        costheta = torch.cos(theta)
-        sintheta = torch.sin(theta)
-        temp = (force + self.polemass_length * theta_dot.square() * sintheta) / self.total_mass
+    def _dynamics(self, state: Array, action: Array) -> tuple[Array, Array, Array]:
+        xp = ops(state)
+        _, x_dot, theta, theta_dot = state
+        force = xp.astype(action * 2 - 1, state.dtype) * self.force_mag
+        costheta = xp.cos(theta)
+        sintheta = xp.sin(theta)
+        temp = (force + self.polemass_length * xp.square(theta_dot) * sintheta) / self.total_mass
         thetaacc = (self.gravity * sintheta - costheta * temp) / (
-            self.length * (4.0 / 3.0 - self.masspole * costheta.square() / self.total_mass)
+            self.length * (4.0 / 3.0 - self.masspole * xp.square(costheta) / self.total_mass)
         )
         xacc = temp - self.polemass_length * thetaacc * costheta / self.total_mass
-        # Explicit Euler: positions advance with the old velocities.
-        nx = x + self.tau * x_dot
-        ntheta = theta + self.tau * theta_dot
-        next_state = torch.stack((nx, x_dot + self.tau * xacc, ntheta, theta_dot + self.tau * thetaacc))
+        # Explicit Euler: positions advance with the old velocities (state + tau * rate, row by row, are
+        # Gymnasium's x + tau * x_dot, ..., in three ops instead of nine).
+        next_state = state + self.tau * xp.stack((x_dot, xacc, theta_dot, thetaacc))
+        nx, ntheta = next_state[0], next_state[2]
         # |x| > t is Gymnasium's x < -t or x > t (NaN compares False either way), in two fewer ops
-        terminated = (nx.abs() > self.x_threshold) | (ntheta.abs() > self.theta_threshold_radians)
-        reward = torch.ones_like(nx, dtype=torch.float32)
+        terminated = (abs(nx) > self.x_threshold) | (abs(ntheta) > self.theta_threshold_radians)
+        reward = xp.ones_like(nx, dtype=xp.float32)
         return next_state, reward, terminated
 
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
@@ -124,9 +124,7 @@ class AcrobotEnv(TorchVecEnv):
     single_observation_space = gym.spaces.Box(low=-_high, high=_high, dtype=np.float32)
     single_action_space = gym.spaces.Discrete(3)
 
-    def _dsdt(
-        self, y: Sequence[torch.Tensor], a: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _dsdt(self, y: Sequence[Array], a: Array) -> tuple[Array, Array, Array, Array]:
         """Gymnasium's ``_dsdt``: time derivative of ``y = (theta1, theta2, dtheta1, dtheta2)``."""
         theta1, theta2, dtheta1, dtheta2 = y
         m1, m2 = self.LINK_MASS_1, self.LINK_MASS_2
@@ -135,37 +133,38 @@ class AcrobotEnv(TorchVecEnv):
         I1 = I2 = self.LINK_MOI
         g = 9.8
         pi = math.pi
-        sin2 = torch.sin(theta2)
-        cos2 = torch.cos(theta2)
+        xp = ops(a)
+        sin2 = xp.sin(theta2)
+        cos2 = xp.cos(theta2)
         d1 = m1 * lc1**2 + m2 * (l1**2 + lc2**2 + 2 * l1 * lc2 * cos2) + I1 + I2
         d2 = m2 * (lc2**2 + l1 * lc2 * cos2) + I2
-        phi2 = m2 * lc2 * g * torch.cos(theta1 + theta2 - pi / 2.0)
+        phi2 = m2 * lc2 * g * xp.cos(theta1 + theta2 - pi / 2.0)
         phi1 = (
-            -m2 * l1 * lc2 * dtheta2.square() * sin2
+            -m2 * l1 * lc2 * xp.square(dtheta2) * sin2
             - 2 * m2 * l1 * lc2 * dtheta2 * dtheta1 * sin2
-            + (m1 * lc1 + m2 * l1) * g * torch.cos(theta1 - pi / 2)
+            + (m1 * lc1 + m2 * l1) * g * xp.cos(theta1 - pi / 2)
             + phi2
         )
-        ddtheta2 = (a + d2 / d1 * phi1 - m2 * l1 * lc2 * dtheta1.square() * sin2 - phi2) / (
-            m2 * lc2**2 + I2 - d2.square() / d1
+        ddtheta2 = (a + d2 / d1 * phi1 - m2 * l1 * lc2 * xp.square(dtheta1) * sin2 - phi2) / (
+            m2 * lc2**2 + I2 - xp.square(d2) / d1
         )
         ddtheta1 = -(d2 * ddtheta2 + phi1) / d1
         return dtheta1, dtheta2, ddtheta1, ddtheta2
 
     @staticmethod
-    def _wrap(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    def _wrap(x: Array, low: float, high: float) -> Array:
         """Gymnasium's ``wrap``: repeated +-(high - low) until inside; one step is the exact same op."""
+        xp = ops(x)
         diff = high - low
-        once_down = torch.where(x > high, x - diff, x)
-        many_down = torch.where(once_down > high, x - diff * torch.ceil((x - high) / diff), once_down)
-        once_up = torch.where(many_down < low, many_down + diff, many_down)
-        return torch.where(once_up < low, many_down + diff * torch.ceil((low - many_down) / diff), once_up)
+        once_down = xp.where(x > high, x - diff, x)
+        many_down = xp.where(once_down > high, x - diff * xp.ceil((x - high) / diff), once_down)
+        once_up = xp.where(many_down < low, many_down + diff, many_down)
+        return xp.where(once_up < low, many_down + diff * xp.ceil((low - many_down) / diff), once_up)
 
-    def _dynamics(
-        self, state: torch.Tensor, action: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        torque = (action - 1).to(state.dtype)
-        y0 = state.unbind(0)
+    def _dynamics(self, state: Array, action: Array) -> tuple[Array, Array, Array]:
+        xp = ops(state)
+        torque = xp.astype(action - 1, state.dtype)
+        y0 = tuple(state)
         dt = self.dt
         dt2 = dt / 2.0
         k1 = self._dsdt(y0, torque)
@@ -177,18 +176,17 @@ class AcrobotEnv(TorchVecEnv):
         ]
         theta1 = self._wrap(ns[0], -math.pi, math.pi)
         theta2 = self._wrap(ns[1], -math.pi, math.pi)
-        dtheta1 = ns[2].clamp(-self.MAX_VEL_1, self.MAX_VEL_1)
-        dtheta2 = ns[3].clamp(-self.MAX_VEL_2, self.MAX_VEL_2)
-        next_state = torch.stack((theta1, theta2, dtheta1, dtheta2))
-        terminated = -torch.cos(theta1) - torch.cos(theta2 + theta1) > 1.0
-        reward = terminated.to(torch.float32) - 1.0
+        dtheta1 = xp.clip(ns[2], -self.MAX_VEL_1, self.MAX_VEL_1)
+        dtheta2 = xp.clip(ns[3], -self.MAX_VEL_2, self.MAX_VEL_2)
+        next_state = xp.stack((theta1, theta2, dtheta1, dtheta2))
+        terminated = -xp.cos(theta1) - xp.cos(theta2 + theta1) > 1.0
+        reward = xp.astype(terminated, xp.float32) - 1.0
         return next_state, reward, terminated
 
-    def _observe(self, state: torch.Tensor) -> torch.Tensor:
-        t1, t2, d1, d2 = state.unbind(0)
-        return torch.stack((torch.cos(t1), torch.sin(t1), torch.cos(t2), torch.sin(t2), d1, d2), dim=1).to(
-            torch.float32
-        )
+    def _observe(self, state: Array) -> Array:
+        xp = ops(state)
+        t1, t2, d1, d2 = state
+        return xp.astype(xp.stack((xp.cos(t1), xp.sin(t1), xp.cos(t2), xp.sin(t2), d1, d2), 1), xp.float32)
 
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
         # Gymnasium draws in float64 and stores the initial state as float32.
@@ -231,21 +229,20 @@ class MountainCarEnv(TorchVecEnv):
     )
     single_action_space: gym.spaces.Space[Any] = gym.spaces.Discrete(3)
 
-    def _dynamics(
-        self, state: torch.Tensor, action: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        position, velocity = state.unbind(0)
+    def _dynamics(self, state: Array, action: Array) -> tuple[Array, Array, Array]:
+        xp = ops(state)
+        position, velocity = state
         velocity = velocity + (
-            (action - 1).to(state.dtype) * self.force + torch.cos(3 * position) * (-self.gravity)
+            xp.astype(action - 1, state.dtype) * self.force + xp.cos(3 * position) * (-self.gravity)
         )
-        velocity = velocity.clamp(-self.max_speed, self.max_speed)
-        position = (position + velocity).clamp(self.min_position, self.max_position)
-        velocity = torch.where(
-            (position == self.min_position) & (velocity < 0), torch.zeros_like(velocity), velocity
+        velocity = xp.clip(velocity, -self.max_speed, self.max_speed)
+        position = xp.clip(position + velocity, self.min_position, self.max_position)
+        velocity = xp.where(
+            (position == self.min_position) & (velocity < 0), xp.zeros_like(velocity), velocity
         )
         terminated = (position >= self.goal_position) & (velocity >= self.goal_velocity)
-        reward = torch.full_like(position, -1.0, dtype=torch.float32)
-        return torch.stack((position, velocity)), reward, terminated
+        reward = xp.full_like(position, -1.0, dtype=xp.float32)
+        return xp.stack((position, velocity)), reward, terminated
 
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
         position = -0.6 + (-0.4 - -0.6) * uniform[0]
@@ -284,26 +281,25 @@ class MountainCarContinuousEnv(MountainCarEnv):
     )
     single_action_space = gym.spaces.Box(low=-1.0, high=1.0, shape=(1,), dtype=np.float32)
 
-    def _dynamics(
-        self, state: torch.Tensor, action: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        position, velocity = state.unbind(0)
-        raw = action[:, 0].to(torch.float32)
-        force = raw.clamp(self.min_action, self.max_action).to(state.dtype)
+    def _dynamics(self, state: Array, action: Array) -> tuple[Array, Array, Array]:
+        xp = ops(state)
+        position, velocity = state
+        raw = xp.astype(action[:, 0], xp.float32)
+        force = xp.astype(xp.clip(raw, self.min_action, self.max_action), state.dtype)
         # Gymnasium evaluates cos(3 p) in double precision (math.cos) before rounding.
-        slope = (0.0025 * torch.cos((3 * position).to(torch.float64))).to(state.dtype)
+        slope = xp.astype(0.0025 * xp.cos(xp.astype(3 * position, xp.float64)), state.dtype)
         velocity = velocity + (force * self.power - slope)
-        velocity = velocity.clamp(-self.max_speed, self.max_speed)
-        position = (position + velocity).clamp(self.min_position, self.max_position)
-        velocity = torch.where(
-            (position == self.min_position) & (velocity < 0), torch.zeros_like(velocity), velocity
+        velocity = xp.clip(velocity, -self.max_speed, self.max_speed)
+        position = xp.clip(position + velocity, self.min_position, self.max_position)
+        velocity = xp.where(
+            (position == self.min_position) & (velocity < 0), xp.zeros_like(velocity), velocity
         )
         terminated = (position >= self.goal_position) & (velocity >= self.goal_velocity)
         # Gymnasium's reward is a Python float: 100 [terminated] - math.pow(a, 2) * 0.1 in double.
-        reward = (terminated.to(torch.float64) * 100.0 - raw.to(torch.float64).square() * 0.1).to(
-            torch.float32
+        reward = xp.astype(
+            xp.astype(terminated, xp.float64) * 100.0 - xp.square(xp.astype(raw, xp.float64)) * 0.1, xp.float32
         )
-        return torch.stack((position, velocity)), reward, terminated
+        return xp.stack((position, velocity)), reward, terminated
 
 
 class PendulumEnv(TorchVecEnv):
@@ -349,26 +345,27 @@ class PendulumEnv(TorchVecEnv):
         self.g = float(g)
         super().__init__(*args, **kwargs)
 
-    def _dynamics(
-        self, state: torch.Tensor, action: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        th, thdot = state.unbind(0)
+    def _dynamics(self, state: Array, action: Array) -> tuple[Array, Array, Array]:
+        xp = ops(state)
+        th, thdot = state
         # Gymnasium's torque stays float32 (the action's dtype) until it meets the float64 state.
-        u = action[:, 0].to(torch.float32).clamp(-self.max_torque, self.max_torque)
-        costs = angle_normalize(th).square() + 0.1 * thdot.square() + (0.001 * u.square()).to(state.dtype)
+        u = xp.clip(xp.astype(action[:, 0], xp.float32), -self.max_torque, self.max_torque)
+        costs = (xp.square(angle_normalize(th)) + 0.1 * xp.square(thdot)
+                 + xp.astype(0.001 * xp.square(u), state.dtype))
         newthdot = (
             thdot
-            + (3 * self.g / (2 * self.l) * torch.sin(th) + (3.0 / (self.m * self.l**2) * u).to(state.dtype))
+            + (3 * self.g / (2 * self.l) * xp.sin(th) + xp.astype(3.0 / (self.m * self.l**2) * u, state.dtype))
             * self.dt
         )
-        newthdot = newthdot.clamp(-self.max_speed, self.max_speed)
+        newthdot = xp.clip(newthdot, -self.max_speed, self.max_speed)
         newth = th + newthdot * self.dt
-        terminated = torch.zeros_like(th, dtype=torch.bool)
-        return torch.stack((newth, newthdot)), (-costs).to(torch.float32), terminated
+        terminated = xp.zeros_like(th, dtype=xp.bool)
+        return xp.stack((newth, newthdot)), xp.astype(-costs, xp.float32), terminated
 
-    def _observe(self, state: torch.Tensor) -> torch.Tensor:
-        th, thdot = state.unbind(0)
-        return torch.stack((torch.cos(th), torch.sin(th), thdot), dim=1).to(torch.float32)
+    def _observe(self, state: Array) -> Array:
+        xp = ops(state)
+        th, thdot = state
+        return xp.astype(xp.stack((xp.cos(th), xp.sin(th), thdot), 1), xp.float32)
 
     def _prepare_renderer(self, renderer: Any, action: np.ndarray | None) -> None:
         # Gymnasium draws the clipped torque of the last step (None before the first)

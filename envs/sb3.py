@@ -20,8 +20,9 @@ __all__ = ["SB3VecEnv"]
 
 
 def _numpy(x: Any) -> np.ndarray:
+    """``x`` as a numpy array (a CPU tensor's own memory, without a copy)."""
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        return x.numpy() if x.device.type == "cpu" and not x.requires_grad else x.detach().cpu().numpy()
     return np.asarray(x)
 
 
@@ -78,6 +79,7 @@ class SB3VecEnv(VecEnv):
         super().__init__(int(env.num_envs), env.single_observation_space, env.single_action_space)
         self._torch = isinstance(env, TorchVecEnv)
         self._device = getattr(env, "device", None)
+        self._on_cpu = isinstance(self._device, torch.device) and self._device.type == "cpu"
         self._discrete = isinstance(env.single_action_space, gym.spaces.Discrete)
         self._actions: Any = None
         self._episode_start = np.full(self.num_envs, time.time())
@@ -116,11 +118,12 @@ class SB3VecEnv(VecEnv):
             bad = array[array != np.round(array)].ravel()[:4].tolist()
             raise ValueError(f"Invalid actions: {bad} are not integers, expected actions of the "
                              f"{self.env.single_action_space} action space")
-        tensor = torch.as_tensor(array)
-        tensor = tensor.to(torch.int64) if self._discrete else tensor.to(torch.float32)
+        dtype = np.int64 if self._discrete else np.float32
+        # (the array's own memory when it has the step's dtype already, as SB3's policies give it)
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
         if self._discrete and tensor.dim() == 2 and tensor.shape[1] == 1:
             tensor = tensor[:, 0]  # some SB3 policies emit discrete actions as (n, 1)
-        self._actions = tensor.to(self._device)
+        self._actions = tensor if self._on_cpu else tensor.to(self._device)
 
     def step_wait(self) -> VecEnvStepReturn:
         """Step the batched env and translate its outputs to SB3's conventions."""
@@ -128,12 +131,14 @@ class SB3VecEnv(VecEnv):
             raise RuntimeError("step_wait() called without step_async()")
         obs, reward, terminated, truncated, info = self.env.step(self._actions)
         self._actions = None
-        obs_np = _numpy(obs)
-        reward_np = _numpy(reward).astype(np.float32, copy=False)
-        term_np, trunc_np = _numpy(terminated).astype(bool), _numpy(truncated).astype(bool)
+        if self._on_cpu and self._torch:  # a TorchVecEnv's CPU tensors of the documented dtypes: their memory
+            obs_np, reward_np, term_np, trunc_np = obs.numpy(), reward.numpy(), terminated.numpy(), truncated.numpy()
+        else:
+            obs_np = _numpy(obs)
+            reward_np = _numpy(reward).astype(np.float32, copy=False)
+            term_np, trunc_np = _numpy(terminated).astype(bool), _numpy(truncated).astype(bool)
         dones = term_np | trunc_np
-        time_limit = trunc_np & ~term_np
-        infos: list[dict[str, Any]] = [{"TimeLimit.truncated": bool(t)} for t in time_limit]
+        infos: list[dict[str, Any]] = [{"TimeLimit.truncated": t} for t in (trunc_np & ~term_np).tolist()]
         own_stats = self._torch  # a TorchVecEnv reports them where a copy ended
         if not own_stats:
             self._episode_return += reward_np
@@ -145,7 +150,8 @@ class SB3VecEnv(VecEnv):
             if self.mode == AutoresetMode.NEXT_STEP:
                 final_obs = obs_np[ended]
             elif self._torch:
-                final_obs = info["final_obs"][torch.as_tensor(ended, device=self._device)].cpu().numpy()
+                final_obs = _numpy(info["final_obs"])[ended] if self._on_cpu else (
+                    info["final_obs"][torch.as_tensor(ended, device=self._device)].cpu().numpy())
             else:
                 final_obs = np.stack([_numpy(info["final_obs"][i]) for i in ended])
             if own_stats:

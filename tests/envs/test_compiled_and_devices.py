@@ -113,7 +113,7 @@ def test_small_cpu_batches_step_on_one_thread_and_restore_the_setting() -> None:
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        env = envs.make("Pendulum-v1", num_envs=8, seed=0)
+        env = envs.make("Pendulum-v1", num_envs=8, seed=0, backend="torch")
         env.reset()
         seen = record_step_threads(env)
         env.step(torch.zeros(8, 1))

@@ -51,11 +51,12 @@ def gym_step(ref: gym.Env, state: np.ndarray, action: np.ndarray | np.integer) -
     return obs, reward, terminated, ref.unwrapped.state
 
 
+@pytest.mark.parametrize("backend", envs.BACKENDS)
 @pytest.mark.parametrize("env_id", ENV_IDS)
-def test_one_step_matches_gymnasium_from_random_states(env_id: str) -> None:
+def test_one_step_matches_gymnasium_from_random_states(env_id: str, backend: str) -> None:
     rng = np.random.default_rng(0)
     n = 512
-    env = envs.make(env_id, num_envs=n, seed=0, autoreset_mode="disabled")
+    env = envs.make(env_id, num_envs=n, seed=0, autoreset_mode="disabled", backend=backend)
     env.reset()
     states = random_states(env_id, n, rng)
     actions = random_actions(env, rng)
@@ -77,8 +78,9 @@ def test_one_step_matches_gymnasium_from_random_states(env_id: str) -> None:
     ref.close()
 
 
+@pytest.mark.parametrize("backend", envs.BACKENDS)
 @pytest.mark.parametrize("env_id", ENV_IDS)
-def test_whole_episodes_match_gymnasium(env_id: str) -> None:
+def test_whole_episodes_match_gymnasium(env_id: str, backend: str) -> None:
     """Same start state, same actions: whole episodes agree, to the last (terminating or truncating) step.
 
     The port follows Gymnasium's order of floating-point operations, so nothing diverges within an
@@ -90,7 +92,7 @@ def test_whole_episodes_match_gymnasium(env_id: str) -> None:
     """
     rng = np.random.default_rng(1)
     n = 8
-    env = envs.make(env_id, num_envs=n, seed=3, autoreset_mode="disabled")
+    env = envs.make(env_id, num_envs=n, seed=3, autoreset_mode="disabled", backend=backend)
     env.reset()
     start = env.state.numpy()
     refs = [gym.make(env_id) for _ in range(n)]
