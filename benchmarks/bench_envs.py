@@ -235,7 +235,7 @@ def main() -> None:
         protocol=f"Env steps per second (copies x batched steps / s) over about {args.seconds:g} s per measurement, "
         "random valid actions, autoreset on, every backend on the same env and batch size in one run. 'eager' and "
         "'compiled' are rlopt.envs.make(..., compile=False/True) on " + str(args.device) + " (eager on the CPU: "
-        "the NumPy step up to 4096 copies, torch's above, the default backend); 'gym-sync' is "
+        "the NumPy step up to 2048 copies, torch's above, the default backend); 'gym-sync' is "
         "gymnasium.vector.SyncVectorEnv, 'gym-async' AsyncVectorEnv (one process per copy), 'envpool' EnvPool's "
         "C++ thread pool ('skip': not measured at that size or not installed). The ratios take the faster of "
         "ours.",

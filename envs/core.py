@@ -48,9 +48,10 @@ _FRESH_TABLE_ROWS = 32
 _FRESH_TABLE_MAX = 8192
 # Smallest batch whose compiled CPU step uses torch's intra-op threads.
 _PARALLEL_MIN_ENVS = 65536
-# Largest batch an eager CPU env steps with NumPy by default (backend=None). Measured on one thread: NumPy's
-# step is 3-3.5x faster than torch's at 8 copies, 1.1-2.5x at 4096 (by env), 0.6-1.0x at 8192.
-_NUMPY_MAX_ENVS = 4096
+# Largest batch an eager CPU env steps with NumPy by default (backend=None). Measured on one thread with random
+# actions: NumPy's step is 3-3.5x faster than torch's at 8 copies, 1.4-2.6x at 2048 (by env), 0.7-2.5x at 4096
+# (CartPole slower: a NumPy gather of reset states every step).
+_NUMPY_MAX_ENVS = 2048
 #: the step's array backends (TorchVecEnv(backend=))
 BACKENDS = ("torch", "numpy")
 
@@ -144,10 +145,10 @@ class TorchVecEnv(VectorEnv):
 
     Time limits set ``truncated`` (``elapsed >= max_episode_steps``), never ``terminated``.
 
-    On CPU, an eager batch of at most 4096 copies steps in NumPy by default (``backend``): at a few copies a
+    On CPU, an eager batch of at most 2048 copies steps in NumPy by default (``backend``): at a few copies a
     step's cost is the fixed cost of its array operations, about a fifth of torch's in NumPy, so the five
     envs step 3-3.5x faster at 8 copies (CartPole faster than Gymnasium's in SB3's ``DummyVecEnv``), and
-    1.1-2.5x at 4096. Inputs and outputs
+    1.4-2.6x at 2048. Inputs and outputs
     are torch tensors either way, sharing memory with the NumPy arrays (no copies).
 
     On CPU, batches below 65536 copies step on one thread (torch's intra-op thread count is set to 1
@@ -194,7 +195,7 @@ class TorchVecEnv(VectorEnv):
             copies: see ``benchmarks/bench_sb3_adapter.py``). Inputs and outputs stay torch tensors. The
             values agree with the torch step's up to an ulp of the sines and cosines (NumPy's and torch's
             implementations may round differently), so trajectories of chaotic envs part after many steps.
-            ``None``: NumPy for eager CPU batches of at most 4096 copies without ``threads``, torch otherwise.
+            ``None``: NumPy for eager CPU batches of at most 2048 copies without ``threads``, torch otherwise.
 
     Example:
         >>> import torch

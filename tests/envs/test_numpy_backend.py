@@ -84,8 +84,8 @@ def test_discrete_actions_out_of_range_are_refused_in_every_integer_dtype(backen
 
 def test_the_default_backend_is_numpy_for_small_eager_cpu_batches_only() -> None:
     assert envs.make("CartPole-v1", num_envs=8).backend == "numpy"
-    assert envs.make("CartPole-v1", num_envs=4096).backend == "numpy"
-    assert envs.make("CartPole-v1", num_envs=4097).backend == "torch"
+    assert envs.make("CartPole-v1", num_envs=2048).backend == "numpy"
+    assert envs.make("CartPole-v1", num_envs=2049).backend == "torch"
     assert envs.make("CartPole-v1", num_envs=8, backend="torch").backend == "torch"
     assert envs.make("CartPole-v1", num_envs=8, threads=2).backend == "torch"  # torch's intra-op threads
     assert envs.make("CartPole-v1", num_envs=8192, backend="numpy").backend == "numpy"
