@@ -18,7 +18,11 @@ parameters that are kept.
 parameters and state are untouched, ``stats["skipped"]`` counts it, and a ``RuntimeWarning`` is issued once
 per optimizer. A trial whose loss is not finite counts as rejected. A search that rejects
 ``max_backtracks + 1`` trials restores the parameters, takes no step (step size 0), leaves the rule's state
-as it was and counts ``stats["failures"]``; the reference code instead takes a silent step of 1e-6.
+as it was and counts ``stats["failures"]``; the reference code instead takes a silent step of 1e-6. A
+monotone search (reference = the loss) ends the same way as soon as a trial shows no decrease while the
+decrease it predicts, ``eta * slope``, is within the loss's floating-point resolution (``eps * |loss|`` of the
+loss's dtype): every shorter trial rounds to the loss, so the rest of the search could only fail (counted in
+``stats["stalls"]`` too). Near a float32 optimum this saves up to ``max_backtracks`` loss evaluations per step.
 """
 
 from __future__ import annotations
@@ -111,11 +115,13 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             "kl": math.nan,
             "skipped": 0,
             "failures": 0,
+            "stalls": 0,
             "steps": 0,
         }
         self._warned: set[str] = set()
         self._running_stats = RunningStatsGuard()
         self._kl: Callable[[], Tensor] | None = None  # the step's KL function (step(kl=...)), never saved
+        self._loss_dtype: torch.dtype = torch.float64  # the step's loss dtype: its resolution ends a stalled search
         self._grad_hooks: OrderedDict[int, Callable[[StepSizeOptimizer, list[Tensor]], None]] = OrderedDict()
 
     def register_grad_hook(self, hook: Callable[[StepSizeOptimizer, list[Tensor]], None]) -> RemovableHandle:
@@ -179,7 +185,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self.rule_state = dict(rule_state)
         if stats is not None:
-            self.stats = dict(stats)
+            self.stats = {**self.stats, **stats}  # counters added since the checkpoint start from their defaults
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _reduce(self, values: Tensor) -> Tensor:
@@ -327,6 +333,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         else:
             loss_t = loss if isinstance(loss, Tensor) else torch.tensor(float(loss))  # type: ignore[arg-type]
 
+        self._loss_dtype = loss_t.dtype if loss_t.is_floating_point() else torch.float64
         params, grads, states = self._params_with_grad()
         for hook in tuple(getattr(self, "_grad_hooks", {}).values()):
             hook(self, grads)
@@ -385,7 +392,7 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             result = SearchResult(eta0, 0, accepted=True, searched=False)
         else:
             assert closure is not None and snapshot is not None
-            result = self._backtrack(closure, snapshot, params, ds, proposal, eta0, slope, hp)
+            result = self._backtrack(closure, snapshot, params, ds, proposal, eta0, slope, hp, loss_v)
 
         if result.step_size > 0.0:
             self.direction.finish(params, grads, states, hp, ds, result.step_size)
@@ -401,9 +408,23 @@ class StepSizeOptimizer(torch.optim.Optimizer):
         eta0: float,
         slope: float,
         hp: dict[str, Any],
+        loss: float,
     ) -> SearchResult:
         assert proposal.reference is not None
         max_backtracks = int(hp["max_backtracks"])
+        reference = proposal.reference
+        resolution = torch.finfo(self._loss_dtype).eps * abs(loss)  # the loss's spacing near its value, 1-2 ulp
+        stall: list[bool] = []
+
+        def stalled(eta: float, trial: float) -> bool:
+            # This trial shows no decrease at all, the reference is the loss itself (a monotone search), and the
+            # decrease it predicts to first order, eta * slope, is within the loss's rounding: every shorter trial
+            # rounds to the loss and fails too, so the search would only backtrack to its limit. (A nonmonotone
+            # reference above the loss is reached by short trials: such a search never stalls.)
+            if reference <= loss and trial >= loss and eta * slope <= resolution:
+                stall.append(True)
+            return bool(stall)
+
         moved = [0.0]  # the step the parameters are at now: each trial moves them by the difference
         # Moving by differences is exact to rounding for moderate steps; a huge first trial (a Polyak step
         # over a tiny gradient) would swamp the parameters' digits (w + a d - a d != w in floating point), so
@@ -453,34 +474,50 @@ class StepSizeOptimizer(torch.optim.Optimizer):
 
         # Same batch and same random numbers at every trial, or the test compares different functions.
         with snapshot.forked(), self._running_stats(), torch.no_grad():
-            result, accepted_loss = armijo_backtracking(phi, eta0, proposal.reference, proposal.c * slope,
-                                                        proposal.shrink, max_backtracks, feasible, hopeless)
+            result, accepted_loss = armijo_backtracking(phi, eta0, reference, proposal.c * slope, proposal.shrink,
+                                                        max_backtracks, feasible, hopeless, stalled)
             if not result.accepted:
                 move_to(0.0)
         if result.accepted:
             self.stats["accepted_loss"] = accepted_loss
         else:
-            self.stats["failures"] += 1
-            if at_edge and at_edge[0]:
-                self._warn_once(
-                    "kl_edge",
-                    f"{type(self).__name__}: the policy is already outside its trust region (KL above max_kl="
-                    f"{max_kl} before this step); no step was taken (counted in stats['failures']; warned once)",
-                    stacklevel=5,
-                )
-            elif kl_rejected[0]:
-                self._warn_once(
-                    "kl_failure",
-                    f"{type(self).__name__}: no trial satisfied both the sufficient-decrease test and max_kl="
-                    f"{max_kl} after {max_backtracks} backtracks (the policy is at the edge of its trust region); "
-                    "no step was taken (counted in stats['failures']; warned once)",
-                    stacklevel=5,
-                )
-            else:
-                self._warn_once(
-                    "failure",
-                    f"{type(self).__name__}: no trial satisfied the sufficient-decrease test after "
-                    f"{max_backtracks} backtracks; no step was taken (counted in stats['failures']; warned once)",
-                    stacklevel=5,
-                )
+            self._count_failure(result, max_backtracks, max_kl, bool(at_edge and at_edge[0]), kl_rejected[0],
+                                bool(stall), loss)
         return result
+
+    def _count_failure(self, result: SearchResult, max_backtracks: int, max_kl: Any, at_edge: bool,
+                       kl_rejected: bool, stalled: bool, loss: float) -> None:
+        """Count a search that took no step, and warn once per cause."""
+        self.stats["failures"] += 1
+        if at_edge:
+            self._warn_once(
+                "kl_edge",
+                f"{type(self).__name__}: the policy is already outside its trust region (KL above max_kl="
+                f"{max_kl} before this step); no step was taken (counted in stats['failures']; warned once)",
+                stacklevel=6,
+            )
+        elif stalled:
+            self.stats["stalls"] += 1
+            self._warn_once(
+                "stall",
+                f"{type(self).__name__}: the search stopped after {result.backtracks} backtracks, where the "
+                f"decrease a shorter trial predicts is within the rounding of the "
+                f"{str(self._loss_dtype).removeprefix('torch.')} loss ({loss:.6g}); no step was taken (counted "
+                "in stats['failures'] and stats['stalls']; warned once)",
+                stacklevel=6,
+            )
+        elif kl_rejected:
+            self._warn_once(
+                "kl_failure",
+                f"{type(self).__name__}: no trial satisfied both the sufficient-decrease test and max_kl="
+                f"{max_kl} after {max_backtracks} backtracks (the policy is at the edge of its trust region); "
+                "no step was taken (counted in stats['failures']; warned once)",
+                stacklevel=6,
+            )
+        else:
+            self._warn_once(
+                "failure",
+                f"{type(self).__name__}: no trial satisfied the sufficient-decrease test after "
+                f"{max_backtracks} backtracks; no step was taken (counted in stats['failures']; warned once)",
+                stacklevel=6,
+            )

@@ -91,13 +91,16 @@ def armijo_backtracking(
     max_backtracks: int,
     feasible: Callable[[], bool] | None = None,
     hopeless: Callable[[], bool] | None = None,
+    stalled: Callable[[float, float], bool] | None = None,
 ) -> tuple[SearchResult, float]:
     """The one backtracking loop: the first ``eta = eta0 * shrink^j`` (``j <= max_backtracks``) with a finite
     ``phi(eta) <= reference - eta * decrease`` and, when ``feasible`` is given, ``feasible()`` true at that trial
     point (evaluated right after ``phi(eta)``, only when the decrease test passed: TRPO's backtracking on the
     surrogate with its KL constraint). ``hopeless`` is asked after a trial that passed the decrease test and
     failed ``feasible``; True ends the search there with no trial accepted (the line searches' trust region:
-    the iterate itself is outside it, so every shorter trial is too, to first order).
+    the iterate itself is outside it, so every shorter trial is too, to first order). ``stalled(eta, trial)``
+    is asked after a trial that failed the decrease test; True ends the search the same way (the optimizers:
+    the objective's floating-point resolution can no longer show the decrease a shorter trial asks for).
 
     ``phi(eta)`` is the objective at the trial step ``eta`` (the optimizers move their parameters there and
     evaluate the closure; the bilevel upper rules evaluate a line model); ``decrease`` is ``c * g^T d``.
@@ -117,6 +120,8 @@ def armijo_backtracking(
                 return SearchResult(eta, j, accepted=True, searched=True), trial
             if hopeless is not None and hopeless():
                 break
+        elif stalled is not None and stalled(eta, trial):
+            break
         if j < max_backtracks:
             eta *= shrink
     return SearchResult(0.0, j, accepted=False, searched=True), math.nan

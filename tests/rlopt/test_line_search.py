@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -333,3 +334,46 @@ def test_a_rejected_huge_first_trial_leaves_the_parameters_exact(slope: float) -
         opt.step(loss)
     assert opt.stats["failures"] == 1 and opt.stats["step_size"] == 0.0
     torch.testing.assert_close(w.detach(), start, rtol=0, atol=0)
+
+
+def _flat_float32_problem(dtype: torch.dtype) -> tuple[torch.Tensor, Callable[[], torch.Tensor]]:
+    """1000 + w^2 at w = 1e-3: a decrease of at most 1e-6, below float32's resolution at 1000 (6e-5), far
+    above float64's (1e-13)."""
+    w = torch.tensor([1e-3], dtype=dtype, requires_grad=True)
+    return w, lambda: 1000.0 + (w * w).sum()
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("sls", {}), ("sps", {"search": True}), ("ponos", {})])
+def test_a_search_stops_once_its_trials_are_within_the_losss_rounding(name: str, kwargs: dict) -> None:
+    """A monotone search whose trial shows no decrease while the decrease it predicts (eta * slope) is within
+    the float32 loss's rounding stops there (every shorter trial rounds to the loss) instead of backtracking
+    max_backtracks times; it takes no step. In float64 the same search resolves the decrease and accepts."""
+    w, loss = _flat_float32_problem(torch.float32)
+    start = w.detach().clone()
+    opt = rlopt.build_optimizer(name, [w], **kwargs)
+    with pytest.warns(RuntimeWarning, match="within the rounding of the float32 loss"):
+        opt.step(loss)
+    assert opt.stats["failures"] == 1 and opt.stats["stalls"] == 1 and opt.stats["step_size"] == 0.0
+    # SPS's first trial is the Polyak step, 1000 / (c ||g||^2): about 25 halvings above where it stalls
+    assert opt.stats["forward_calls"] <= (30 if name == "sps" else 3) < int(opt.param_groups[0]["max_backtracks"])
+    torch.testing.assert_close(w.detach(), start)  # back where it was, to rounding
+
+    w64, loss64 = _flat_float32_problem(torch.float64)
+    opt = rlopt.build_optimizer(name, [w64], **kwargs)
+    opt.step(loss64)
+    assert opt.stats["step_size"] > 0 and opt.stats["stalls"] == 0
+    assert float(loss64().detach()) < 1000.000001
+
+
+def test_a_nonmonotone_search_above_the_loss_does_not_stall() -> None:
+    """PoNoS's reference is the largest recent loss: after a step from a larger loss, a trial that rounds to the
+    current float32 loss still passes, so the same flat problem is accepted rather than stopped."""
+    w, loss = _flat_float32_problem(torch.float32)
+    opt = rlopt.PoNoS([w])
+    with torch.no_grad():
+        w.fill_(3.0)  # loss 1009: the first step's reference
+    opt.step(loss)
+    with torch.no_grad():
+        w.fill_(1e-3)
+    opt.step(loss)
+    assert opt.stats["stalls"] == 0 and opt.stats["step_size"] > 0
