@@ -320,12 +320,13 @@ class TorchVecEnv(VectorEnv):
         self._transition: Callable[..., tuple[torch.Tensor, ...]] = self._transition_eager
         if compile:
             self._transition = self._compile_transition()
-        # The NumPy step's views of the buffers (they share the tensors' memory) and of the lane indices.
+        # The NumPy step's views of the buffers (they share the tensors' memory), and of the lane indices and the
+        # reset counts the reset table starts from (its lookup, see `_fresh_states`).
         self._arrays: tuple[np.ndarray, ...] | None = None
         if backend == "numpy":
             self._threads = None  # no intra-op threads to hold back
-            # ..., then the lane indices and the reset counts the reset table starts from (see `_fresh_states`)
-            self._arrays = tuple(t.numpy() for t in (*self._buffers(), self._lane_index, self._fresh_base))
+            self._arrays = tuple(t.numpy() for t in self._buffers())
+            self._lane_index_array, self._fresh_base_array = self._lane_index.numpy(), self._fresh_base.numpy()
         self._set_seed(seed)
 
     # ------------------------------------------------------------------ environment-specific (pure)
@@ -348,7 +349,8 @@ class TorchVecEnv(VectorEnv):
             return torch.stack([row.to(torch.float32) for row in state.unbind(0)], dim=1)
         # Eager, one transposing copy instead of six ops (same values); a copy even where the state is
         # float32 already, so that an observation never shares the state buffer's memory.
-        return ops(state).rows_as_columns(state, ops(state).float32)
+        xp = ops(state)
+        return xp.rows_as_columns(state, xp.float32)
 
     def _reset_states(self, uniform: torch.Tensor) -> torch.Tensor:
         """Initial states ``(k, num_envs)`` from noise ``uniform`` in (0, 1) of the same shape and dtype
@@ -409,8 +411,7 @@ class TorchVecEnv(VectorEnv):
         if on_numpy:
             if self._fresh_table_array is None:
                 self._fresh_table_array = table.numpy()
-            assert self._arrays is not None
-            return self._fresh_table_array[:, reset_count - self._arrays[-1], self._arrays[-2]]
+            return self._fresh_table_array[:, reset_count - self._fresh_base_array, self._lane_index_array]
         index = (counts - self._fresh_base).view(1, 1, n).expand(table.shape[0], 1, n)
         return table.gather(1, index).squeeze(1)
 
@@ -715,7 +716,7 @@ class TorchVecEnv(VectorEnv):
         """Step checked actions: one call of the (eager or compiled) transition, then the info dict."""
         if self._arrays is not None:  # the NumPy step, torch tensors at the boundary (no copies)
             with np.errstate(all="ignore"):  # an overflowing state gives inf/nan silently, as torch's step
-                out = self._transition_eager(actions.numpy(), *self._arrays[:-2])
+                out = self._transition_eager(actions.numpy(), *self._arrays)
             ended = bool(out[4].any())
             if not self.dense_info and not ended:
                 return torch.from_numpy(out[0]), torch.from_numpy(out[1]), torch.from_numpy(out[2]), \

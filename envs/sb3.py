@@ -131,12 +131,9 @@ class SB3VecEnv(VecEnv):
             raise RuntimeError("step_wait() called without step_async()")
         obs, reward, terminated, truncated, info = self.env.step(self._actions)
         self._actions = None
-        if self._on_cpu and self._torch:  # a TorchVecEnv's CPU tensors of the documented dtypes: their memory
-            obs_np, reward_np, term_np, trunc_np = obs.numpy(), reward.numpy(), terminated.numpy(), truncated.numpy()
-        else:
-            obs_np = _numpy(obs)
-            reward_np = _numpy(reward).astype(np.float32, copy=False)
-            term_np, trunc_np = _numpy(terminated).astype(bool), _numpy(truncated).astype(bool)
+        obs_np = _numpy(obs)
+        reward_np = _numpy(reward).astype(np.float32, copy=False)
+        term_np, trunc_np = _numpy(terminated).astype(bool, copy=False), _numpy(truncated).astype(bool, copy=False)
         dones = term_np | trunc_np
         infos: list[dict[str, Any]] = [{"TimeLimit.truncated": t} for t in (trunc_np & ~term_np).tolist()]
         own_stats = self._torch  # a TorchVecEnv reports them where a copy ended

@@ -422,8 +422,9 @@ class StepSizeOptimizer(torch.optim.Optimizer):
             # rounds to the loss and fails too, so the search would only backtrack to its limit. (A nonmonotone
             # reference above the loss is reached by short trials: such a search never stalls.)
             if reference <= loss and trial >= loss and eta * slope <= resolution:
-                stall.append(True)
-            return bool(stall)
+                stall.append(True)  # why the search ended, for _count_failure
+                return True
+            return False
 
         moved = [0.0]  # the step the parameters are at now: each trial moves them by the difference
         # Moving by differences is exact to rounding for moderate steps; a huge first trial (a Polyak step
