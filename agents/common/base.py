@@ -26,6 +26,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import HumanOutputFormat, Logger
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.utils import explained_variance, get_device, safe_mean
@@ -947,6 +948,29 @@ class OnPolicyAgent(BaseAlgorithm):
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------- learning
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        """SB3's ``_setup_learn``, without an empty log directory per call.
+
+        SB3's default logger creates ``<tempdir>/SB3-<date>`` on every ``learn`` even when it writes no file
+        (``verbose`` 0 or 1 without ``tensorboard_log``). Here that logger (stdout at ``verbose >= 1``, else
+        silent) is built without a folder; a logger from ``set_logger`` or a TensorBoard run is SB3's as before.
+        """
+        custom = self._custom_logger
+        if not custom and self.tensorboard_log is None:
+            self._logger = Logger(folder=None, output_formats=[HumanOutputFormat(sys.stdout)] if self.verbose else [])
+            self._custom_logger = True
+        try:
+            return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        finally:
+            self._custom_logger = custom
+
     def learn(
         self: SelfOnPolicyAgent,
         total_timesteps: int,

@@ -231,6 +231,30 @@ def test_polyak_logs_its_return_target(tmp_path: Path) -> None:
         assert float(row["train/step_size"]) > 0
 
 
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_learn_leaves_no_log_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], verbose: int
+) -> None:
+    """Without tensorboard_log nothing is written to files, so no (empty) SB3-<date> folder is created; verbose=1
+    still prints SB3's table, and a logger given by set_logger is kept."""
+    import tempfile
+
+    from stable_baselines3.common.logger import configure
+
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = _make("A2C", verbose=verbose)
+    model.learn(64)
+    assert [name for name in os.listdir(tmp_path) if name.startswith("SB3-")] == []
+    assert ("step_size" in capsys.readouterr().out) == bool(verbose)
+    assert model.logger.get_dir() is None
+    mine = configure(str(tmp_path / "mine"), ["csv"])
+    model.set_logger(mine)
+    model.learn(64)
+    mine.close()
+    assert model.logger is mine and (tmp_path / "mine" / "progress.csv").stat().st_size > 0
+
+
 # ------------------------------------------------------------------------------------ truncation handling
 def test_truncated_steps_bootstrap_from_the_true_final_observation() -> None:
     """Same-step autoreset (an SB3 VecEnv): next_values at a truncation is V(terminal_observation)."""
