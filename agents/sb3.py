@@ -29,6 +29,7 @@ from gymnasium import spaces
 from stable_baselines3.common.utils import explained_variance
 
 import rlopt
+from rlopt.agents.common.base import FolderlessLoggerMixin
 from rlopt.agents.common.optim import build_optimizer, check_optimizer
 from rlopt.agents.common.serialization import safe_custom_objects
 from rlopt.agents.ppo import loss as loss_terms
@@ -36,7 +37,7 @@ from rlopt.agents.ppo import loss as loss_terms
 __all__ = ["PPO"]
 
 
-class PPO(stable_baselines3.PPO):
+class PPO(FolderlessLoggerMixin, stable_baselines3.PPO):
     """``stable_baselines3.PPO`` stepping any optimizer (rlopt's included) with a minibatch closure.
 
     Args:

@@ -103,7 +103,34 @@ def _check_flags(use_sde: Any, sde_sample_freq: Any, normalize_reward: Any) -> N
         raise ValueError(f"Invalid sde_sample_freq: {sde_sample_freq!r}, expected -1 (once per rollout) or an int >= 1")
 
 
-class OnPolicyAgent(BaseAlgorithm):
+class FolderlessLoggerMixin(BaseAlgorithm):
+    """SB3's ``_setup_learn`` without an empty log directory per ``learn`` call.
+
+    SB3's default logger creates ``<tempdir>/SB3-<date>`` on every ``learn`` even when it writes no file
+    (``verbose`` 0 or 1 without ``tensorboard_log``). Here that logger (stdout at ``verbose >= 1``, else silent)
+    is built without a folder; a logger from ``set_logger`` or a TensorBoard run is SB3's as before. Mixed into
+    every agent here and into :class:`rlopt.agents.sb3.PPO`.
+    """
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        custom = self._custom_logger
+        if not custom and self.tensorboard_log is None:
+            self._logger = Logger(folder=None, output_formats=[HumanOutputFormat(sys.stdout)] if self.verbose else [])
+            self._custom_logger = True
+        try:
+            return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        finally:
+            self._custom_logger = custom
+
+
+class OnPolicyAgent(FolderlessLoggerMixin):
     """Base of :class:`rlopt.agents.PPO`, :class:`rlopt.agents.A2C` and :class:`rlopt.agents.REINFORCE`.
 
     Args:
@@ -948,29 +975,6 @@ class OnPolicyAgent(BaseAlgorithm):
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------- learning
-    def _setup_learn(
-        self,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        reset_num_timesteps: bool = True,
-        tb_log_name: str = "run",
-        progress_bar: bool = False,
-    ) -> tuple[int, BaseCallback]:
-        """SB3's ``_setup_learn``, without an empty log directory per call.
-
-        SB3's default logger creates ``<tempdir>/SB3-<date>`` on every ``learn`` even when it writes no file
-        (``verbose`` 0 or 1 without ``tensorboard_log``). Here that logger (stdout at ``verbose >= 1``, else
-        silent) is built without a folder; a logger from ``set_logger`` or a TensorBoard run is SB3's as before.
-        """
-        custom = self._custom_logger
-        if not custom and self.tensorboard_log is None:
-            self._logger = Logger(folder=None, output_formats=[HumanOutputFormat(sys.stdout)] if self.verbose else [])
-            self._custom_logger = True
-        try:
-            return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
-        finally:
-            self._custom_logger = custom
-
     def learn(
         self: SelfOnPolicyAgent,
         total_timesteps: int,

@@ -232,21 +232,29 @@ def test_polyak_logs_its_return_target(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("verbose", [0, 1])
+@pytest.mark.parametrize("kind", ["A2C", "sb3.PPO"])
 def test_learn_leaves_no_log_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], verbose: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], verbose: int, kind: str
 ) -> None:
     """Without tensorboard_log nothing is written to files, so no (empty) SB3-<date> folder is created; verbose=1
     still prints SB3's table, and a logger given by set_logger is kept."""
     import tempfile
 
+    from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.logger import configure
+
+    from rlopt.agents import sb3
 
     monkeypatch.delenv("SB3_LOGDIR", raising=False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    model = _make("A2C", verbose=verbose)
+    if kind == "A2C":
+        model = _make("A2C", verbose=verbose)
+    else:
+        env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+        model = sb3.PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0, verbose=verbose)
     model.learn(64)
     assert [name for name in os.listdir(tmp_path) if name.startswith("SB3-")] == []
-    assert ("step_size" in capsys.readouterr().out) == bool(verbose)
+    assert ("total_timesteps" in capsys.readouterr().out) == bool(verbose)
     assert model.logger.get_dir() is None
     mine = configure(str(tmp_path / "mine"), ["csv"])
     model.set_logger(mine)
