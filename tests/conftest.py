@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -24,6 +27,19 @@ def _devices() -> list[object]:
 @pytest.fixture(params=_devices())
 def device(request: pytest.FixtureRequest) -> torch.device:
     return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sb3_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """stable-baselines3's own algorithms (the references some tests compare against) make an empty
+    ``<tempdir>/SB3-<date>`` folder per ``learn``; keep them under pytest's temporary directory."""
+    previous = os.environ.get("SB3_LOGDIR")
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3_logs"))
+    yield
+    if previous is None:
+        os.environ.pop("SB3_LOGDIR", None)
+    else:
+        os.environ["SB3_LOGDIR"] = previous
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
