@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from rlopt.agents.common import policy_loss as loss_terms
 from rlopt.agents.common.base import OnPolicyAgent
 
 
@@ -99,8 +98,6 @@ class A2C(OnPolicyAgent):
             ent = entropy.mean()
             if torch.is_grad_enabled() and "pg" not in first:
                 first["pg"], first["entropy"] = pg_loss.detach(), ent.detach()
-                with torch.no_grad():
-                    first["approx_kl"] = loss_terms.approx_kl(log_ratio)
             return pg_loss - self.ent_coef * ent
 
         def value_loss() -> torch.Tensor:
@@ -117,6 +114,8 @@ class A2C(OnPolicyAgent):
 
         kl = self._kl_closure(batch.observations, batch.actions, batch.log_probs)
         loss = self._step_losses(step_loss, value_loss, kl)
+        with torch.no_grad():
+            step_kl = kl()  # what the update moved the policy by, on the rollout (at its start this is 0)
         stats: dict[str, list[float]] = {}
         self._record_step_stats(stats)
         self._log_train(
@@ -126,6 +125,6 @@ class A2C(OnPolicyAgent):
                 "policy_gradient_loss": [first["pg"]],
                 "value_loss": [first["value"]],
                 "entropy": [first["entropy"]],
-                "approx_kl": [first["approx_kl"]],
+                "approx_kl": [step_kl],
             },
         )

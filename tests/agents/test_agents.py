@@ -231,6 +231,31 @@ def test_polyak_logs_its_return_target(tmp_path: Path) -> None:
         assert float(row["train/step_size"]) > 0
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sls"])
+def test_a2c_logs_the_kl_its_update_moved_the_policy_by(tmp_path: Path, optimizer: str) -> None:
+    """train/approx_kl is the approximate KL of the updated policy from the rollout's, on the rollout (it used to
+    be taken at the rollout's own policy, where it is 0 by construction)."""
+    import csv
+
+    from stable_baselines3.common.logger import configure
+
+    from rlopt.agents.common.policy_loss import approx_kl
+
+    model = _make("A2C", optimizer=optimizer)
+    logger = configure(str(tmp_path), ["csv"])
+    model.set_logger(logger)
+    model.learn(4 * 8)  # one update
+    logger.close()
+    with open(tmp_path / "progress.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    batch = model.rollout_buffer.flatten()
+    with torch.no_grad():
+        log_prob, _ = model.policy.log_prob_and_entropy(batch.observations, batch.actions)
+    expected = float(approx_kl(log_prob - batch.log_probs))
+    assert expected > 0
+    assert float(row["train/approx_kl"]) == pytest.approx(expected, rel=1e-6)
+
+
 @pytest.mark.parametrize("verbose", [0, 1])
 @pytest.mark.parametrize("kind", ["A2C", "sb3.PPO"])
 def test_learn_leaves_no_log_directory(
