@@ -83,6 +83,23 @@ def plot_curves(records: list[dict], algorithm: str, envs: list[str], rules: lis
     return out
 
 
+def suite_plots(archived: list[dict], seeds: int, out_dir: Path) -> tuple[list[Path], str]:
+    """Every algorithm's plot, whichever cells this invocation re-ran: redrawn from the archive where it holds
+    every env of that algorithm, else the published plot kept (and said so in the notes)."""
+    plots: list[Path] = []
+    notes = ""
+    for algo in suite.ALGORITHMS:
+        mine = [r for r in archived if r["algorithm"] == algo]
+        path = out_dir / f"agents_suite_{algo}.png"
+        if {r["env"] for r in mine} == set(suite.ENVS):
+            plots.append(plot_curves(mine, algo, list(suite.ENVS), list(suite.RULES), seeds, path))
+        elif path.exists():
+            plots.append(path)
+            notes += (f" The {algo} plot is the full run's: the archive does not hold every env of {algo} yet, so "
+                      "its curves are not redrawn.")
+    return plots, notes
+
+
 def main(argv: list[str]) -> int:
     args = suite._parser().parse_args(argv)
     suite.main(argv)
@@ -99,17 +116,11 @@ def main(argv: list[str]) -> int:
         random = {env: random[env] if env in random else suite.random_return(env)
                   for env in sorted({r["env"] for r in archived})}
         table, notes = _merged_rows(archived, random)
-        for algo in args.algorithms:
-            mine = [r for r in archived if r["algorithm"] == algo]
-            if {r["env"] for r in mine} == set(suite.ENVS):  # a panel per env, else the published plot stays
-                plots.append(plot_curves(mine, algo, list(suite.ENVS), list(suite.RULES), seeds,
-                                         Path(__file__).parent / f"agents_suite_{algo}.png"))
-            else:
-                previous = Path(__file__).parent / f"agents_suite_{algo}.png"
-                if previous.exists():
-                    plots.append(previous)
-                    notes += (f" The {algo} plot is the full run's: the archive does not hold every env of {algo} "
-                              "yet, so its curves are not redrawn.")
+        notes = (notes + " Why the cells that miss a target do, with per-seed traces: benchmarks/notes/RESULTS.md "
+                 "(the sections on the suite's re-runs); which rule to use where: README, 'Which step-size rule "
+                 "where'.").strip()
+        plots, plot_notes = suite_plots(archived, seeds, Path(__file__).parent)
+        notes += plot_notes
     rows = [[r["algorithm"], r["env"], r["rule"], r["budget"], round(r["final"], 1), round(r["best"], 1),
              round(r["score"], 2), f"{r['collapsed']}/{r['seeds']}", suite._verdict(r["meets_target"])]
             for r in table]

@@ -57,3 +57,22 @@ def test_rows_without_archived_runs_keep_their_published_values(tmp_path: Path) 
 def test_summarize_takes_a_reference_for_adam_when_no_adam_runs_are_given() -> None:
     rows = suite.summarize([_record("sls", 0, 261.0)], {"CartPole-v1": 22.0}, reference={("PPO", "CartPole-v1"): 500.0})
     assert rows[0]["score"] == pytest.approx((261.0 - 22.0) / (500.0 - 22.0))
+
+
+def test_every_algorithms_plot_is_kept_whichever_cells_were_rerun(tmp_path: Path) -> None:
+    """Re-running PPO cells alone must not drop A2C's plot from the page: an algorithm whose archive covers every
+    env is redrawn, one that does not keeps its published plot (and the notes say so)."""
+    archived = [{**_record(rule, 0, 100.0), "algorithm": "PPO", "env": env} for env in suite.ENVS
+                for rule in suite.RULES]
+    archived += [{**_record("adam", 0, 100.0), "algorithm": "A2C", "env": "CartPole-v1"}]
+    (tmp_path / "agents_suite_A2C.png").write_bytes(b"published")
+    plots, notes = bench_suite.suite_plots(archived, 1, tmp_path)
+    assert plots == [tmp_path / "agents_suite_PPO.png", tmp_path / "agents_suite_A2C.png"]
+    assert (tmp_path / "agents_suite_PPO.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "agents_suite_A2C.png").read_bytes() == b"published"
+    assert "The A2C plot is the full run's" in notes and "PPO" not in notes
+    archived += [{**_record(rule, 0, 100.0), "algorithm": "A2C", "env": env} for env in suite.ENVS
+                 for rule in suite.RULES]
+    plots, notes = bench_suite.suite_plots(archived, 1, tmp_path)
+    assert len(plots) == 2 and notes == ""
+    assert (tmp_path / "agents_suite_A2C.png").read_bytes()[:4] == b"\x89PNG"
