@@ -16,6 +16,7 @@ import time
 
 import report
 import torch
+from bench_envs import action_pool
 
 from rlopt import envs
 
@@ -23,12 +24,7 @@ from rlopt import envs
 def _step_time(env_id: str, n: int, backend: str, steps: int) -> float:
     env = envs.make(env_id, num_envs=n, seed=0, backend=backend)
     env.reset()
-    gen = torch.Generator().manual_seed(0)
-    space = env.single_action_space
-    if space.shape == ():
-        pool = [torch.randint(0, int(space.n), (n,), generator=gen) for _ in range(8)]  # type: ignore[attr-defined]
-    else:
-        pool = [4 * torch.rand((n, 1), generator=gen) - 2 for _ in range(8)]
+    pool = action_pool(env)
     for i in range(20):
         env.step(pool[i % 8])
     start = time.perf_counter()

@@ -72,6 +72,16 @@ def time_steps(step: Callable[[int], Any], seconds: float, num_envs: int, sync: 
     return num_envs / best
 
 
+def action_pool(env: envs.TorchVecEnv, size: int = 8) -> list[torch.Tensor]:
+    """``size`` batches of random valid actions for ``env`` on its device (seeded), to cycle through."""
+    n, device, space = env.num_envs, env.device, env.single_action_space
+    gen = torch.Generator(device=device).manual_seed(0)
+    if isinstance(space, gym.spaces.Discrete):
+        return [torch.randint(0, int(space.n), (n,), device=device, generator=gen) for _ in range(size)]
+    low, high = float(space.low[0]), float(space.high[0])
+    return [low + (high - low) * torch.rand((n, 1), device=device, generator=gen) for _ in range(size)]
+
+
 def bench_ours(
     env_id: str,
     n: int,
@@ -83,13 +93,7 @@ def bench_ours(
 ) -> tuple[float, float]:
     env = envs.make(env_id, num_envs=n, device=device, seed=0, compile=compile, dtype=dtype, threads=threads)
     env.reset()
-    space = env.single_action_space
-    gen = torch.Generator(device=device).manual_seed(0)
-    if isinstance(space, gym.spaces.Discrete):
-        pool = [torch.randint(0, int(space.n), (n,), device=device, generator=gen) for _ in range(8)]
-    else:
-        low, high = float(space.low[0]), float(space.high[0])
-        pool = [low + (high - low) * torch.rand((n, 1), device=device, generator=gen) for _ in range(8)]
+    pool = action_pool(env)
     dev = torch.device(device)
 
     def sync() -> None:
